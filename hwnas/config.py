@@ -1,0 +1,209 @@
+"""Typed, validated configs loaded from YAML.
+
+Every config is a pydantic model with unknown keys forbidden and strict types, so a typo or a
+wrong type is an error naming the key and the file instead of a silently ignored setting.
+A method's own options live under `method:` and are validated by the method's `Options` model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hwnas.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class AugmentConfig(Strict):
+    crop_padding: int = Field(0, ge=0, description="random crop with this zero padding (0: off)")
+    flip: bool = Field(False, description="random horizontal flip")
+    cutout: int = Field(0, ge=0, description="cutout square side in pixels (0: off)")
+
+
+class DataConfig(Strict):
+    dataset: Literal["digits", "fashion-mnist", "cifar10", "imagenet"] = "digits"
+    root: str | None = Field(None, description="dataset folder; each dataset has a default")
+    download: bool = False
+    image_size: int | None = Field(None, gt=0, description="input side; each dataset has a default")
+    train_portion: float = Field(0.5, gt=0.0, lt=1.0, description="share of train set for weights")
+    train_subset: int | None = Field(None, gt=1, description="use only this many training images")
+    augment: AugmentConfig = AugmentConfig()
+    workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")
+
+
+class SGDConfig(Strict):
+    lr: float = Field(0.025, gt=0.0)
+    lr_min: float = Field(0.001, ge=0.0, description="end of the cosine schedule")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(3e-4, ge=0.0)
+    nesterov: bool = False
+
+
+class AdamConfig(Strict):
+    lr: float = Field(3e-4, gt=0.0)
+    betas: list[float] = Field([0.5, 0.999], min_length=2, max_length=2)
+    weight_decay: float = Field(1e-3, ge=0.0)
+
+
+class CellSupernetConfig(Strict):
+    init_channels: int = Field(16, gt=0)
+    layers: int = Field(8, ge=3, description="cells; reductions at layers//3 and 2*layers//3")
+    nodes: int = Field(4, gt=0, description="intermediate nodes per cell")
+    stem_multiplier: int = Field(3, gt=0)
+
+
+class SearchLoopConfig(Strict):
+    epochs: int = Field(50, gt=0)
+    batch_size: int = Field(64, gt=0)
+    order: Literal["arch_first", "weights_first"] = "arch_first"
+    weight_optimizer: SGDConfig = SGDConfig()
+    arch_optimizer: AdamConfig = AdamConfig()
+    grad_clip: float | None = Field(5.0, gt=0.0, description="weights' gradient norm clip")
+    arch_grad_clip: float | None = Field(None, gt=0.0)
+    arch_start_epoch: int = Field(0, ge=0, description="epochs of weight-only warm-up")
+    steps_per_epoch: int | None = Field(None, gt=0, description="cap on weight steps per epoch")
+
+
+class MethodConfig(Strict):
+    """Base of every method's options; `name` picks the method."""
+
+    name: str
+
+
+class SearchConfig(Strict):
+    method: MethodConfig
+    seed: int = 2
+    device: str = "cpu"
+    data: DataConfig = DataConfig()
+    supernet: CellSupernetConfig = CellSupernetConfig()
+    search: SearchLoopConfig = SearchLoopConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_options(cls, value: Any) -> MethodConfig:
+        from hwnas.methods import get_method
+
+        if isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, MethodConfig):
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError("expected a mapping with a `name` (for example `method: {name: darts}`)")
+        try:
+            return get_method(value["name"]).Options.model_validate(value)
+        except ValidationError as exc:  # re-raised whole so the keys keep their `method.` prefix
+            raise ConfigError(format_validation_error(exc, prefix="method.")) from None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        try:
+            torch.device(value)
+        except RuntimeError as exc:
+            raise ValueError(f"not a torch device: {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchConfig":
+        if self.search.arch_start_epoch >= self.search.epochs:
+            raise ValueError(
+                f"search.arch_start_epoch ({self.search.arch_start_epoch}) must be below "
+                f"search.epochs ({self.search.epochs}), or the architecture never moves"
+            )
+        return self
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A path as given, else relative to the project root (so `configs/...` works from anywhere)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    candidate = PROJECT_ROOT / path
+    return candidate if candidate.exists() else path
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`["search.epochs=3", "data.augment.flip=false"]` -> nested dict, values parsed as YAML."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, for example --set search.epochs=3")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = overrides
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        where = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
+        message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] not in ("extra_forbidden", "missing") and "input" in err:
+            shown = repr(err["input"])
+            message += f" (got {shown[:60]})"
+        parts.append(f"{where}: {message}")
+    return "; ".join(parts)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = resolve_path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def build_config(model: type[ModelT], data: dict[str, Any], source: str, overrides: list[str] | None = None) -> ModelT:
+    data = _merge(data, parse_overrides(overrides))
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+    except ConfigError as exc:  # raised by a nested lookup (unknown method)
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(model: type[ModelT], path: str | Path, overrides: list[str] | None = None) -> ModelT:
+    """Load `path` into `model`, applying `--set` overrides first; errors name the key and file."""
+    return build_config(model, read_yaml(path), str(resolve_path(path)), overrides)
+
+
+def config_to_dict(config: BaseModel) -> dict[str, Any]:
+    return config.model_dump(mode="json")

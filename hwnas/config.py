@@ -37,7 +37,6 @@ class DataConfig(Strict):
     train_portion: float = Field(0.5, gt=0.0, lt=1.0, description="share of train set for weights")
     train_subset: int | None = Field(None, gt=1, description="use only this many training images")
     augment: AugmentConfig = AugmentConfig()
-    workers: int = Field(0, ge=0, description="loader processes for file-backed datasets")
 
 
 class SGDConfig(Strict):
@@ -71,6 +70,7 @@ class SearchLoopConfig(Strict):
     arch_grad_clip: float | None = Field(None, gt=0.0)
     arch_start_epoch: int = Field(0, ge=0, description="epochs of weight-only warm-up")
     steps_per_epoch: int | None = Field(None, gt=0, description="cap on weight steps per epoch")
+    channels_last: bool = Field(True, description="NHWC tensors: faster depthwise convs on CPU")
 
 
 class MethodConfig(Strict):

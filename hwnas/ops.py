@@ -53,10 +53,9 @@ class SepConv(nn.Sequential):
     """Two [ReLU, depthwise kxk, 1x1, BN] units; only the first depthwise conv carries the stride."""
 
     def __init__(self, C_in: int, C_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
-        super().__init__(
-            *DilConv(C_in, C_in, kernel, stride, padding, 1, affine),
-            *DilConv(C_in, C_out, kernel, 1, padding, 1, affine),
-        )
+        second = DilConv(C_in, C_out, kernel, 1, padding, 1, affine)
+        second[0] = nn.ReLU(inplace=True)  # follows a BN, whose backward does not need its output
+        super().__init__(*DilConv(C_in, C_in, kernel, stride, padding, 1, affine), *second)
 
 
 class Zero(nn.Module):
@@ -116,6 +115,20 @@ OPS: dict[str, Callable[[int, int, bool], nn.Module]] = {
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
     "conv_7x1_1x7": lambda C, stride, affine: Conv7x1_1x7(C, stride, affine),
 }
+
+
+def drop_leading_relu(op: nn.Module) -> bool:
+    """Remove the ReLU an op starts with (the caller then feeds it ReLU(x)); False if it has none.
+
+    Every conv op of an edge starts with ReLU of the same input: a mixed op computes it once.
+    """
+    if isinstance(op, nn.Sequential) and isinstance(op[0], nn.ReLU):
+        op[0] = nn.Identity()
+        return True
+    if isinstance(op, FactorizedReduce):
+        op.relu = nn.Identity()
+        return True
+    return False
 
 
 def is_pool(name: str) -> bool:

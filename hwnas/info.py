@@ -1,0 +1,58 @@
+"""Sizes of final networks and search supernets (`hwnas info`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hwnas.config import SearchConfig, build_config
+from hwnas.errors import HwnasError
+from hwnas.genotypes import load_genotype
+from hwnas.methods import get_method
+from hwnas.models import count_macs, count_parameters
+from hwnas.models.cell_net import NetworkCIFAR, NetworkImageNet
+
+# dataset -> (init channels, cells, classes, input size) of the published final networks
+FINAL_SETTINGS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value <= 0:
+        raise HwnasError(f"{name} must be positive, got {value}")
+
+
+def arch_info(arch: str, dataset: str = "cifar10", init_channels: int | None = None, layers: int | None = None,
+              num_classes: int | None = None) -> dict[str, Any]:
+    for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
+        _positive(name, value)
+    genotype = load_genotype(arch)
+    C, cells, classes, size = FINAL_SETTINGS[dataset]
+    C, cells, classes = init_channels or C, layers or cells, num_classes or classes
+    build = NetworkImageNet if dataset == "imagenet" else NetworkCIFAR
+    try:
+        model = build(genotype, C=C, num_classes=classes, layers=cells, auxiliary=True)
+    except ValueError as exc:
+        raise HwnasError(f"cannot build {arch} with C={C}: {exc}") from None
+    return {
+        "name": arch, "network": f"{build.__name__} C={C} cells={cells} classes={classes}",
+        "params": count_parameters(model), "macs": count_macs(model, (3, size, size)),
+        "input": f"3x{size}x{size}", "arch": genotype.to_dict(), "arch_text": str(genotype),
+    }
+
+
+def supernet_info(method: str, init_channels: int | None = None, layers: int | None = None,
+                  num_classes: int | None = None) -> dict[str, Any]:
+    for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
+        _positive(name, value)
+    supernet: dict[str, int] = {}
+    if init_channels:
+        supernet["init_channels"] = init_channels
+    if layers:
+        supernet["layers"] = layers
+    config = build_config(SearchConfig, {"method": {"name": method}, "supernet": supernet}, "info --supernet")
+    model = get_method(method)(config, num_classes or 10, 3).build_supernet()
+    s = config.supernet
+    return {
+        "name": f"{method} supernet", "network": f"C={s.init_channels} cells={s.layers} nodes={s.nodes}",
+        "params": count_parameters(model), "macs": count_macs(model, (3, 32, 32)), "input": "3x32x32",
+        "arch_params": sum(p.numel() for p in model.arch_parameters()),
+    }

@@ -1,0 +1,88 @@
+"""Search methods. Each file holds what makes one method itself; the loop lives in `hwnas.search`.
+
+A method plugs into the shared loop through `SearchMethod`:
+
+- `build_supernet` -- the supernet (it owns its architecture weights);
+- `on_epoch_start` -- per-epoch hooks (temperature, warm-up, dropout), returning values to log;
+- `loss` / `arch_loss` -- the weight-step loss and the architecture-step loss (extra terms go here);
+- `arch_backward` -- fills the architecture gradients (first order by default; DARTS may unroll);
+- `after_arch_step` -- anything after the architecture optimiser step;
+- `derive` -- the architecture the current weights stand for;
+- `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.config import MethodConfig, SearchConfig
+from hwnas.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hwnas.search import SearchLoop
+
+# method name -> module under hwnas.methods defining METHOD
+_REGISTRY = {"darts": "darts"}
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class SearchMethod:
+    name: ClassVar[str]
+    Options: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: SearchConfig, num_classes: int, in_channels: int):
+        self.config = config
+        self.options = config.method
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+    def build_supernet(self) -> nn.Module:
+        raise NotImplementedError
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
+        return {}
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loss(model, x, y)
+
+    def arch_backward(self, model: nn.Module, train_batch: Batch, val_batch: Batch,
+                      weight_optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-order: the gradient of the architecture loss on a validation batch."""
+        loss, logits = self.arch_loss(model, *val_batch)
+        loss.backward()
+        return loss, logits
+
+    def after_arch_step(self, model: nn.Module) -> None:
+        pass
+
+    def derive(self, model: nn.Module) -> Any:
+        raise NotImplementedError
+
+    def arch_weights(self, model: nn.Module) -> dict[str, list]:
+        """Normalised architecture weights, for metrics and plots."""
+        return {}
+
+    def run(self, loop: "SearchLoop") -> Any:
+        model = loop.run_stage("search", self.build_supernet)
+        return self.derive(model)
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[SearchMethod]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(method_names())}")
+    module = importlib.import_module(f"hwnas.methods.{_REGISTRY[name]}")
+    return module.METHOD

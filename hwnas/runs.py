@@ -1,0 +1,110 @@
+"""Run directories: resolved config, atomic checkpoints, metrics CSV and JSON reports.
+
+Every file is written to a temporary name and renamed into place, so a run killed at any moment
+leaves either the previous complete file or the new complete file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from hwnas.errors import CheckpointError, HwnasError
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with `weights_only=True`: a checkpoint can hold tensors and plain data, never code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({first[:160]})") from None
+
+
+class RunDir:
+    """One run's folder. A fresh run refuses a folder that already holds a run (nothing is overwritten);
+    `resume=True` requires one, with the same config."""
+
+    CONFIG = "config.yaml"
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @classmethod
+    def prepare(cls, path: str | Path, config: dict[str, Any], resume: bool) -> "RunDir":
+        run = cls(Path(path))
+        saved = run.path / cls.CONFIG
+        if resume:
+            if not saved.is_file():
+                raise HwnasError(f"--resume: {run.path} holds no run to resume (no {cls.CONFIG}); drop --resume")
+            if yaml.safe_load(saved.read_text()) != config:
+                raise HwnasError(
+                    f"--resume: the config differs from the one {run.path} was started with; "
+                    f"resume without --config/--set, or start a new run with another --out"
+                )
+            return run
+        if run.path.exists() and any(run.path.iterdir()):
+            raise HwnasError(f"{run.path} already holds files; pass --resume to continue that run or choose another --out")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+            atomic_write(saved, lambda f: f.write(yaml.safe_dump(config, sort_keys=False)))
+        except OSError as exc:
+            raise HwnasError(f"cannot write the run directory {run.path}: {exc.strerror}") from None
+        return run
+
+    @classmethod
+    def saved_config(cls, path: str | Path) -> dict[str, Any]:
+        saved = Path(path) / cls.CONFIG
+        if not saved.is_file():
+            raise HwnasError(f"--resume: {path} holds no run to resume (no {cls.CONFIG})")
+        return yaml.safe_load(saved.read_text())
+
+    def checkpoint(self, stage: str) -> Path:
+        return self.path / "checkpoints" / f"{stage}.pt"
+
+    def file(self, name: str) -> Path:
+        return self.path / name

@@ -1,0 +1,244 @@
+"""The one bilevel search loop every method runs on.
+
+Weight steps (SGD, cosine schedule, gradient clipping) on the weight half of the training set,
+architecture steps (Adam) on the architecture half, in the order the recipe says. One persistent
+stream per split. After each epoch: evaluate on the architecture half, derive the architecture,
+log, and checkpoint atomically; `resume` continues from the last checkpoint and, on CPU with the
+same seed, ends bit for bit where an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hwnas.config import SearchConfig, config_to_dict
+from hwnas.data import BatchStream, Dataset, iterate_once, load_dataset, split_indices
+from hwnas.errors import CheckpointError
+from hwnas.methods import SearchMethod, get_method
+from hwnas.models import count_parameters
+from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
+
+log = logging.getLogger("hwnas.search")
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def _seed(*parts: Any) -> int:
+    return zlib.crc32(repr(parts).encode())
+
+
+def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return (logits.argmax(dim=1) == y).float().mean().item()
+
+
+def arch_to_json(arch: Any) -> dict[str, Any]:
+    return arch.to_dict() if hasattr(arch, "to_dict") else arch
+
+
+class _Mean:
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float, n: int) -> None:
+        self.total, self.count = self.total + value * n, self.count + n
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, indices: torch.Tensor | None, batch_size: int,
+             device: torch.device, source: str = "train") -> tuple[float, float]:
+    model.eval()
+    loss, acc = _Mean(), _Mean()
+    for x, y in iterate_once(getattr(dataset, source), indices, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss.add(nn.functional.cross_entropy(logits, y).item(), len(y))
+        acc.add(_accuracy(logits, y), len(y))
+    model.train()
+    return loss.value, acc.value
+
+
+class SearchLoop:
+    def __init__(self, config: SearchConfig, method: SearchMethod, dataset: Dataset, run: RunDir, quiet: bool):
+        self.config, self.method, self.dataset, self.run = config, method, dataset, run
+        self.device = torch.device(config.device)
+        self.quiet = quiet
+        self.weight_idx, self.arch_idx = split_indices(
+            len(dataset.train), config.data.train_portion, config.data.train_subset)
+        self.history: list[dict[str, Any]] = []
+
+    def run_stage(self, stage: str, build: Callable[[], nn.Module], epochs: int | None = None,
+                  arch_start_epoch: int | None = None) -> nn.Module:
+        """Search one supernet from `build()` for `epochs`; resumes from the stage's checkpoint."""
+        cfg, recipe = self.config, self.config.search
+        epochs = epochs or recipe.epochs
+        arch_start = recipe.arch_start_epoch if arch_start_epoch is None else arch_start_epoch
+        torch.manual_seed(_seed(cfg.seed, stage, "init"))
+        model = build().to(self.device)
+        self.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+        model = model.to(memory_format=self.memory_format)
+        w = recipe.weight_optimizer
+        weight_opt = torch.optim.SGD(model.weight_parameters(), lr=w.lr, momentum=w.momentum,
+                                     weight_decay=w.weight_decay, nesterov=w.nesterov)
+        a = recipe.arch_optimizer
+        arch_opt = torch.optim.Adam(model.arch_parameters(), lr=a.lr, betas=tuple(a.betas),
+                                    weight_decay=a.weight_decay)
+        augment = cfg.data.augment
+        streams = {
+            "weights": BatchStream(self.dataset.train, self.weight_idx, recipe.batch_size,
+                                   _seed(cfg.seed, stage, "weights"), augment),
+            "arch": BatchStream(self.dataset.train, self.arch_idx, recipe.batch_size,
+                                _seed(cfg.seed, stage, "arch"), augment),
+        }
+        steps = streams["weights"].batches_per_pass
+        if recipe.steps_per_epoch:
+            steps = min(steps, recipe.steps_per_epoch)
+
+        start_epoch = self._restore(stage, model, weight_opt, arch_opt, streams)
+        if start_epoch is None:
+            return model
+        if start_epoch == 0:
+            log.info("%s: %s supernet, %d weights, %d architecture values, %d steps/epoch",
+                     stage, self.method.name, count_parameters(model),
+                     sum(p.numel() for p in model.arch_parameters()), steps)
+
+        for epoch in range(start_epoch, epochs):
+            started = time.perf_counter()
+            lr = cosine_lr(epoch, epochs, w.lr, w.lr_min)
+            for group in weight_opt.param_groups:
+                group["lr"] = lr
+            extra = self.method.on_epoch_start(model, epoch, epochs)
+            update_arch = epoch >= arch_start
+            train_loss, train_acc, arch_loss, arch_acc = _Mean(), _Mean(), _Mean(), _Mean()
+            model.train()
+            bar = tqdm(range(steps), desc=f"{stage} {epoch + 1}/{epochs}", leave=False,
+                       disable=self.quiet or not sys.stderr.isatty())
+            for _ in bar:
+                train_batch = self._to_device(next(streams["weights"]))
+                val_batch = self._to_device(next(streams["arch"])) if update_arch else None
+                if update_arch and recipe.order == "arch_first":
+                    self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
+                loss = self._weight_step(model, weight_opt, train_batch, train_loss, train_acc)
+                if update_arch and recipe.order == "weights_first":
+                    self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
+                bar.set_postfix(loss=f"{loss:.3f}")
+            val_loss, val_acc = evaluate(model, self.dataset, self.arch_idx, recipe.batch_size, self.device)
+            arch = self.method.derive(model)
+            row = {
+                "stage": stage, "epoch": epoch + 1, "lr": lr, **extra,
+                "train_loss": train_loss.value, "train_acc": train_acc.value,
+                "arch_loss": arch_loss.value, "arch_acc": arch_acc.value,
+                "val_loss": val_loss, "val_acc": val_acc,
+                "seconds": time.perf_counter() - started,
+                "arch": json.dumps(arch_to_json(arch)),
+                "arch_weights": json.dumps(self.method.arch_weights(model)),
+            }
+            self.history.append(row)
+            log.info("%s epoch %d/%d  lr %.4g  train loss %.3f acc %.3f  val loss %.3f acc %.3f  (%.1fs)\n%s",
+                     stage, epoch + 1, epochs, lr, row["train_loss"], row["train_acc"], val_loss, val_acc,
+                     row["seconds"], arch)
+            self._save(stage, epoch + 1, epoch + 1 == epochs, model, weight_opt, arch_opt, streams)
+        return model
+
+    def _to_device(self, batch):
+        x, y = batch
+        return x.to(self.device, memory_format=self.memory_format), y.to(self.device)
+
+    def _weight_step(self, model, opt, batch, loss_mean: _Mean, acc_mean: _Mean) -> float:
+        opt.zero_grad(set_to_none=True)
+        loss, logits = self.method.loss(model, *batch)
+        loss.backward()
+        if self.config.search.grad_clip:
+            nn.utils.clip_grad_norm_(model.weight_parameters(), self.config.search.grad_clip)
+        opt.step()
+        loss_mean.add(loss.item(), len(batch[1]))
+        acc_mean.add(_accuracy(logits.detach(), batch[1]), len(batch[1]))
+        return loss.item()
+
+    def _arch_step(self, model, arch_opt, weight_opt, train_batch, val_batch, loss_mean: _Mean, acc_mean: _Mean):
+        arch_opt.zero_grad(set_to_none=True)
+        loss, logits = self.method.arch_backward(model, train_batch, val_batch, weight_opt)
+        if self.config.search.arch_grad_clip:
+            nn.utils.clip_grad_norm_(model.arch_parameters(), self.config.search.arch_grad_clip)
+        arch_opt.step()
+        self.method.after_arch_step(model)
+        loss_mean.add(loss.item(), len(val_batch[1]))
+        acc_mean.add(_accuracy(logits.detach(), val_batch[1]), len(val_batch[1]))
+
+    def _save(self, stage, epochs_done, done, model, weight_opt, arch_opt, streams) -> None:
+        state = {
+            "stage": stage, "epochs_done": epochs_done, "done": done,
+            "model": model.state_dict(),
+            "weight_optimizer": weight_opt.state_dict(), "arch_optimizer": arch_opt.state_dict(),
+            "streams": {name: s.state_dict() for name, s in streams.items()},
+            "rng": torch.get_rng_state(),
+            "history": self.history,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_checkpoint(self.run.checkpoint(stage), state)
+        write_csv(self.run.file("metrics.csv"), self.history)
+
+    def _restore(self, stage, model, weight_opt, arch_opt, streams) -> int | None:
+        """Epoch to start from (0 when fresh), or None when the stage had finished."""
+        path = self.run.checkpoint(stage)
+        if not path.exists():
+            return 0
+        state = load_checkpoint(path)
+        try:
+            model.load_state_dict(state["model"])
+            weight_opt.load_state_dict(state["weight_optimizer"])
+            arch_opt.load_state_dict(state["arch_optimizer"])
+            for name, stream in streams.items():
+                stream.load_state_dict(state["streams"][name])
+            torch.set_rng_state(state["rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: does not match this search ({str(exc).splitlines()[0][:160]})") from None
+        self.history = list(state["history"])
+        log.info("%s: resumed after epoch %d", stage, state["epochs_done"])
+        return None if state["done"] else int(state["epochs_done"])
+
+
+def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run a search; returns the report (also written to `report.json`, the architecture to `arch.json`)."""
+    run = RunDir.prepare(out, config_to_dict(config), resume)
+    started = time.perf_counter()
+    dataset = load_dataset(config.data)
+    method = get_method(config.method.name)(config, dataset.num_classes, dataset.channels)
+    loop = SearchLoop(config, method, dataset, run, quiet)
+    arch = method.run(loop)
+    arch_json = arch_to_json(arch)
+    write_json(run.file("arch.json"), arch_json)
+    last = loop.history[-1] if loop.history else {}
+    report = {
+        "command": "search",
+        "method": config.method.name,
+        "run_dir": str(run.path),
+        "arch": arch_json,
+        "arch_text": str(arch),
+        "dataset": config.data.dataset,
+        "epochs": len(loop.history),
+        "final": {k: last[k] for k in ("train_acc", "val_acc", "val_loss") if k in last},
+        "seconds_this_session": round(time.perf_counter() - started, 2),
+        "search_seconds": round(sum(row["seconds"] for row in loop.history), 2),
+    }
+    write_json(run.file("report.json"), report)
+    return report

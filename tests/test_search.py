@@ -1,0 +1,120 @@
+"""The shared search loop with DARTS on tiny digits configs: outputs, determinism, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from hwnas.cli import main
+from hwnas.config import SearchConfig, load_config
+from hwnas.genotypes import load_genotype
+from hwnas.search import search
+
+# a few seconds per run on 2 cores
+TINY = [
+    "data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.layers=3",
+    "supernet.nodes=2", "search.batch_size=16", "search.steps_per_epoch=3", "search.epochs=3",
+]
+
+
+def tiny_config(*extra: str) -> SearchConfig:
+    return load_config(SearchConfig, "configs/search/darts_digits.yaml", TINY + list(extra))
+
+
+def test_search_writes_a_valid_run(tmp_path):
+    report = search(tiny_config(), tmp_path / "run", quiet=True)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "metrics.csv", "arch.json", "report.json", "checkpoints/search.pt"):
+        assert (run / name).is_file(), name
+    genotype = load_genotype(run / "arch.json")
+    assert len(genotype.normal) == 4 and len(genotype.reduce) == 4  # 2 nodes x 2 inputs
+    assert json.loads((run / "report.json").read_text())["arch"] == genotype.to_dict()
+    assert report["epochs"] == 3
+    rows = (run / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 4 and rows[0].startswith("stage,epoch,lr")
+    state = torch.load(run / "checkpoints/search.pt", weights_only=True)
+    assert "alphas.normal" in state["model"] and state["done"]
+
+
+def test_same_seed_same_architecture_weights(tmp_path):
+    search(tiny_config("search.epochs=2"), tmp_path / "a", quiet=True)
+    search(tiny_config("search.epochs=2"), tmp_path / "b", quiet=True)
+    a = torch.load(tmp_path / "a/checkpoints/search.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b/checkpoints/search.pt", weights_only=True)["model"]
+    assert torch.equal(a["alphas.normal"], b["alphas.normal"])
+    search(tiny_config("search.epochs=2", "seed=3"), tmp_path / "c", quiet=True)
+    c = torch.load(tmp_path / "c/checkpoints/search.pt", weights_only=True)["model"]
+    assert not torch.equal(a["alphas.normal"], c["alphas.normal"])
+
+
+def test_arch_start_epoch_freezes_architecture(tmp_path):
+    search(tiny_config("search.epochs=2", "search.arch_start_epoch=1"), tmp_path / "w", quiet=True)
+    state = torch.load(tmp_path / "w/checkpoints/search.pt", weights_only=True)
+    # only epoch 2 moved the architecture: Adam with arch lr 3e-3 took exactly 3 steps
+    assert state["arch_optimizer"]["state"][0]["step"] == 3
+
+
+def test_unrolled_search_runs(tmp_path):
+    report = search(tiny_config("search.epochs=1", "method.unrolled=true"), tmp_path / "u", quiet=True)
+    assert report["epochs"] == 1
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert main(["search", "darts", "--out", str(out), "--quiet", *sum([["--set", s] for s in TINY], [])]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def _cli(out: Path, *extra: str) -> list[str]:
+    sets = sum([["--set", s] for s in TINY + ["search.epochs=4"]], [])
+    return [sys.executable, "-m", "hwnas", "search", "darts", "--out", str(out), "--quiet", *sets, *extra]
+
+
+def test_killed_and_resumed_search_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(_cli(tmp_path / "full"), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "killed/checkpoints/search.pt"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), "the run should have checkpointed its first epoch before the kill"
+    epochs_done = torch.load(checkpoint, weights_only=True)["epochs_done"]
+    assert epochs_done < 4, "killed before the end"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "hwnas", "search", "darts", "--out", str(tmp_path / "killed"), "--resume", "--quiet"],
+        env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    full = torch.load(tmp_path / "full/checkpoints/search.pt", weights_only=True)
+    again = torch.load(checkpoint, weights_only=True)
+    for kind in ("normal", "reduce"):
+        assert torch.equal(full["model"][f"alphas.{kind}"], again["model"][f"alphas.{kind}"])
+    assert (tmp_path / "full/arch.json").read_text() == (tmp_path / "killed/arch.json").read_text()
+    assert len((tmp_path / "killed/metrics.csv").read_text().strip().splitlines()) == 5
+
+
+def test_resume_without_a_run_is_an_error(tmp_path, capsys):
+    assert main(["search", "darts", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    search(tiny_config("search.epochs=1"), out, quiet=True)
+    (out / "checkpoints/search.pt").write_bytes(b"garbage")
+    assert main(["search", "darts", "--out", str(out), "--resume", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not a loadable hwnas checkpoint" in err and err.count("\n") == 1

@@ -26,8 +26,14 @@ from hwnas.errors import ConfigError
 if TYPE_CHECKING:
     from hwnas.search import SearchLoop
 
-# method name -> module under hwnas.methods defining METHOD
-_REGISTRY = {"darts": "darts"}
+# method name -> "module:class" under hwnas.methods
+_REGISTRY = {
+    "darts": "darts:Darts",
+    "gdas": "gdas:Gdas",
+    "gdas-frc": "gdas:GdasFrc",
+    "pcdarts": "pcdarts:PcDarts",
+    "pdarts": "pdarts:PDarts",
+}
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -84,5 +90,5 @@ def method_names() -> list[str]:
 def get_method(name: str) -> type[SearchMethod]:
     if name not in _REGISTRY:
         raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(method_names())}")
-    module = importlib.import_module(f"hwnas.methods.{_REGISTRY[name]}")
-    return module.METHOD
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(f"hwnas.methods.{module}"), cls)

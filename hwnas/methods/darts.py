@@ -101,5 +101,3 @@ class Darts(SearchMethod):
         with torch.no_grad():
             return {kind: F.softmax(model.alphas[kind], dim=-1).cpu().tolist() for kind in CELL_TYPES}
 
-
-METHOD = Darts

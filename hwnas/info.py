@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwnas.config import SearchConfig, build_config
+from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
 from hwnas.errors import HwnasError
 from hwnas.genotypes import load_genotype
 from hwnas.methods import get_method
@@ -43,12 +43,16 @@ def supernet_info(method: str, init_channels: int | None = None, layers: int | N
                   num_classes: int | None = None) -> dict[str, Any]:
     for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
         _positive(name, value)
-    supernet: dict[str, int] = {}
+    # the supernet as the method's published CIFAR recipe builds it (P-DARTS: its first stage)
+    recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
+    data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
+    supernet = dict(data.get("supernet") or {})
     if init_channels:
         supernet["init_channels"] = init_channels
     if layers:
         supernet["layers"] = layers
-    config = build_config(SearchConfig, {"method": {"name": method}, "supernet": supernet}, "info --supernet")
+    data = {"method": data["method"], "supernet": supernet}
+    config = build_config(SearchConfig, data, f"info --supernet {method}")
     model = get_method(method)(config, num_classes or 10, 3).build_supernet()
     s = config.supernet
     return {

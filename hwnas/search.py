@@ -239,6 +239,7 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
         "final": {k: last[k] for k in ("train_acc", "val_acc", "val_loss") if k in last},
         "seconds_this_session": round(time.perf_counter() - started, 2),
         "search_seconds": round(sum(row["seconds"] for row in loop.history), 2),
+        **method.report(),
     }
     write_json(run.file("report.json"), report)
     return report

@@ -8,6 +8,7 @@ A method plugs into the shared loop through `SearchMethod`:
 - `arch_backward` -- fills the architecture gradients (first order by default; DARTS may unroll);
 - `after_arch_step` -- anything after the architecture optimiser step;
 - `derive` -- the architecture the current weights stand for;
+- `report` -- method-specific entries for the run's report;
 - `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
 """
 
@@ -76,6 +77,10 @@ class SearchMethod:
 
     def arch_weights(self, model: nn.Module) -> dict[str, list]:
         """Normalised architecture weights, for metrics and plots."""
+        return {}
+
+    def report(self) -> dict[str, Any]:
+        """Method-specific entries for `report.json`."""
         return {}
 
     def run(self, loop: "SearchLoop") -> Any:

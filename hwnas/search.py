@@ -25,8 +25,11 @@ from tqdm import tqdm
 from hwnas.config import SearchConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
+from hwnas.genotypes import Genotype
 from hwnas.methods import SearchMethod, get_method
 from hwnas.models import count_parameters
+from hwnas.ops import PRIMITIVES
+from hwnas.plots import draw_genotype, plot_arch_weights
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
 
 log = logging.getLogger("hwnas.search")
@@ -227,6 +230,9 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     arch = method.run(loop)
     arch_json = arch_to_json(arch)
     write_json(run.file("arch.json"), arch_json)
+    plots = plot_arch_weights(loop.history, run.path, column_names=PRIMITIVES)
+    if isinstance(arch, Genotype):
+        plots += draw_genotype(arch, run.path)
     last = loop.history[-1] if loop.history else {}
     report = {
         "command": "search",
@@ -239,6 +245,7 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
         "final": {k: last[k] for k in ("train_acc", "val_acc", "val_loss") if k in last},
         "seconds_this_session": round(time.perf_counter() - started, 2),
         "search_seconds": round(sum(row["seconds"] for row in loop.history), 2),
+        "plots": [p.name for p in plots],
         **method.report(),
     }
     write_json(run.file("report.json"), report)

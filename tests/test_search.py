@@ -30,7 +30,8 @@ def tiny_config(*extra: str) -> SearchConfig:
 def test_search_writes_a_valid_run(tmp_path):
     report = search(tiny_config(), tmp_path / "run", quiet=True)
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.csv", "arch.json", "report.json", "checkpoints/search.pt"):
+    for name in ("config.yaml", "metrics.csv", "arch.json", "report.json", "checkpoints/search.pt",
+                 "arch_weights_normal.png", "arch_weights_reduce.png", "cell_normal.png", "cell_reduce.png"):
         assert (run / name).is_file(), name
     genotype = load_genotype(run / "arch.json")
     assert len(genotype.normal) == 4 and len(genotype.reduce) == 4  # 2 nodes x 2 inputs

@@ -1,0 +1,100 @@
+"""Pictures a person would rather look at than read: architecture weights over the epochs, derived cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+
+from hwnas.genotypes import Genotype  # noqa: E402
+
+SHORT = {"none": "none", "max_pool_3x3": "max", "avg_pool_3x3": "avg", "skip_connect": "skip",
+         "sep_conv_3x3": "sep3", "sep_conv_5x5": "sep5", "dil_conv_3x3": "dil3", "dil_conv_5x5": "dil5",
+         "sep_conv_7x7": "sep7", "conv_7x1_1x7": "c7x1"}
+
+
+def _edge_labels(n_rows: int) -> list[str]:
+    """`j->i` for the edges of a cell when the row count is a cell's edge count, else row numbers."""
+    labels, node = [], 2
+    while len(labels) < n_rows:
+        labels += [f"{j}->{node}" for j in range(node)]
+        node += 1
+    return labels[:n_rows] if len(labels) == n_rows else [str(i) for i in range(n_rows)]
+
+
+def plot_arch_weights(history: Sequence[dict[str, Any]], out_dir: Path, max_panels: int = 6,
+                      column_names: Sequence[str] | None = None) -> list[Path]:
+    """One heatmap file per kind of architecture weights (normal, reduce, betas, ...), with panels
+    for up to `max_panels` epochs spread over the search, so the drift of the weights is visible."""
+    rows = [r for r in history if r.get("arch_weights")]
+    if not rows:
+        return []
+    picks = sorted({round(i * (len(rows) - 1) / max(1, max_panels - 1)) for i in range(min(max_panels, len(rows)))})
+    snapshots = [(rows[i], json.loads(rows[i]["arch_weights"])) for i in picks]
+    written = []
+    for kind in snapshots[-1][1]:
+        panels = [(row, w[kind]) for row, w in snapshots if kind in w]
+        matrices = [w if isinstance(w[0], list) else [[v] for v in w] for _, w in panels]
+        values = [v for m in matrices for r in m for v in r]
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels) + 1, 4.5), squeeze=False)
+        for ax, (row, _), matrix in zip(axes[0], panels, matrices):
+            # one colour scale for all panels, spanning the values seen, so the drift shows
+            image = ax.imshow(matrix, cmap="viridis", vmin=min(values), vmax=max(values), aspect="auto")
+            ax.set_title(f"{row.get('stage', '')} ep {row['epoch']}", fontsize=8)
+            ax.set_yticks(range(len(matrix)), _edge_labels(len(matrix)), fontsize=6)
+            names = column_names if column_names and len(column_names) == len(matrix[0]) else None
+            ax.set_xticks(range(len(matrix[0])), [SHORT.get(n, n) for n in names] if names else
+                          [str(i) for i in range(len(matrix[0]))], fontsize=6, rotation=90)
+        fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+        fig.suptitle(f"architecture weights: {kind}")
+        path = out_dir / f"arch_weights_{kind}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def draw_cell(pairs: Sequence[tuple[str, int]], concat: Sequence[int], title: str, path: Path) -> Path:
+    """The cell as a small graph: inputs c_{k-2}, c_{k-1} on the left, nodes, the concat output."""
+    nodes = len(pairs) // 2
+    pos = {0: (0.0, 1.0), 1: (0.0, -1.0)}
+    for i in range(nodes):
+        pos[2 + i] = (1.0 + i, 1.2 * (-1) ** i * (0.4 + 0.15 * i))
+    out = ("out", (nodes + 1.2, 0.0))
+    fig, ax = plt.subplots(figsize=(1.7 * (nodes + 2), 3.6))
+    for k, (op, src) in enumerate(pairs):
+        (x0, y0), (x1, y1) = pos[src], pos[2 + k // 2]
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color="tab:blue", shrinkA=12, shrinkB=12,
+                                    connectionstyle=f"arc3,rad={0.15 if k % 2 else -0.15}"))
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2 + (0.12 if k % 2 else -0.12), SHORT.get(op, op), fontsize=7,
+                ha="center", color="tab:blue")
+    for state in concat:
+        (x0, y0) = pos[state]
+        ax.annotate("", xy=out[1], xytext=(x0, y0),
+                    arrowprops=dict(arrowstyle="->", color="0.6", shrinkA=12, shrinkB=12, linestyle="--"))
+    labels = {0: "c_{k-2}", 1: "c_{k-1}", **{2 + i: str(2 + i) for i in range(nodes)}}
+    for state, (x, y) in pos.items():
+        ax.text(x, y, labels[state], ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round", fc="lightyellow" if state < 2 else "lightblue"))
+    ax.text(*out[1], "c_{k}", ha="center", va="center", fontsize=8, bbox=dict(boxstyle="round", fc="palegreen"))
+    ax.set_xlim(-0.5, nodes + 1.7)
+    ax.set_ylim(-1.6, 1.6)
+    ax.axis("off")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_genotype(genotype: Genotype, out_dir: Path) -> list[Path]:
+    paths = [draw_cell(genotype.normal, genotype.normal_concat, "normal cell", out_dir / "cell_normal.png")]
+    if genotype.reduce is not None:
+        paths.append(draw_cell(genotype.reduce, genotype.reduce_concat, "reduction cell", out_dir / "cell_reduce.png"))
+    return paths

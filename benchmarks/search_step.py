@@ -1,9 +1,7 @@
 """Seconds per search step and peak resident memory, per method, at the DARTS CIFAR setting.
 
 Each method is measured in its own fresh process (so peak memory is that method's alone):
-C=16, 8 cells, batch 64, 3x32x32 input, CPU, random data. A weight step is forward, backward,
-gradient clip and SGD step; an architecture step is the method's first-order architecture
-backward and the Adam step. One untimed warm-up step of each comes first (oneDNN builds its
+C=16, 8 cells, batch 64, 3x32x32 input, CPU, random data. Steps are the search loop's own `weight_step` and `arch_step`. One untimed warm-up step of each comes first (oneDNN builds its
 kernels on first use).
 
     python benchmarks/search_step.py --out benchmarks/results/search_step.json
@@ -23,37 +21,35 @@ from pathlib import Path
 
 def measure(method: str, steps: int, channels_last: bool, layers: int, batch: int) -> dict:
     import torch
-    from torch import nn
 
-    from hwnas.config import SearchConfig
+    from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
     from hwnas.methods import get_method
+    from hwnas.search import arch_step, weight_step
 
     torch.manual_seed(0)
-    config = SearchConfig.model_validate({"method": {"name": method}, "supernet": {"layers": layers}})
-    model = get_method(method)(config, 10, 3).build_supernet()
+    # the method's own CIFAR recipe (PC-DARTS's K, P-DARTS's first stage), at the common depth
+    recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
+    data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
+    config = build_config(SearchConfig, {"method": data["method"], "supernet": data.get("supernet", {})},
+                          str(recipe), [f"supernet.layers={layers}", "supernet.init_channels=16"])
+    impl = get_method(method)(config, 10, 3)
+    model = impl.build_supernet()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    impl = get_method(method)(config, 10, 3)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=fmt)
     y = torch.randint(0, 10, (batch,))
 
-    def weight_step() -> None:
-        w_opt.zero_grad(set_to_none=True)
-        loss, _ = impl.loss(model, x, y)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.weight_parameters(), 5.0)
-        w_opt.step()
+    def weight() -> None:
+        weight_step(impl, model, w_opt, (x, y), 5.0)
 
-    def arch_step() -> None:
-        a_opt.zero_grad(set_to_none=True)
-        impl.arch_backward(model, (x, y), (x, y), w_opt)
-        a_opt.step()
+    def arch() -> None:
+        arch_step(impl, model, a_opt, w_opt, (x, y), (x, y), None)
 
     times: dict[str, list[float]] = {"weight_step": [], "arch_step": []}
     for i in range(steps + 1):
-        for name, step in (("arch_step", arch_step), ("weight_step", weight_step)):
+        for name, step in (("arch_step", arch), ("weight_step", weight)):
             started = time.perf_counter()
             step()
             if i > 0:

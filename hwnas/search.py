@@ -26,7 +26,7 @@ from hwnas.config import SearchConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
 from hwnas.genotypes import Genotype
-from hwnas.methods import SearchMethod, get_method
+from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
 from hwnas.ops import PRIMITIVES
 from hwnas.plots import draw_genotype, plot_arch_weights
@@ -75,6 +75,32 @@ def evaluate(model: nn.Module, dataset: Dataset, indices: torch.Tensor | None, b
         acc.add(_accuracy(logits, y), len(y))
     model.train()
     return loss.value, acc.value
+
+
+def weight_step(method: SearchMethod, model: nn.Module, opt: torch.optim.Optimizer, batch,
+                grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward, clip and SGD step on the network weights (architecture weights frozen)."""
+    opt.zero_grad(set_to_none=True)
+    with frozen(model.arch_parameters()):
+        loss, logits = method.loss(model, *batch)
+        loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
+    opt.step()
+    return loss.detach(), logits.detach()
+
+
+def arch_step(method: SearchMethod, model: nn.Module, arch_opt: torch.optim.Optimizer,
+              weight_opt: torch.optim.Optimizer, train_batch, val_batch,
+              grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The method's architecture gradient, clip, Adam step, and the method's after-step hook."""
+    arch_opt.zero_grad(set_to_none=True)
+    loss, logits = method.arch_backward(model, train_batch, val_batch, weight_opt)
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.arch_parameters(), grad_clip)
+    arch_opt.step()
+    method.after_arch_step(model)
+    return loss.detach(), logits.detach()
 
 
 class SearchLoop:
@@ -164,25 +190,16 @@ class SearchLoop:
         return x.to(self.device, memory_format=self.memory_format), y.to(self.device)
 
     def _weight_step(self, model, opt, batch, loss_mean: _Mean, acc_mean: _Mean) -> float:
-        opt.zero_grad(set_to_none=True)
-        loss, logits = self.method.loss(model, *batch)
-        loss.backward()
-        if self.config.search.grad_clip:
-            nn.utils.clip_grad_norm_(model.weight_parameters(), self.config.search.grad_clip)
-        opt.step()
+        loss, logits = weight_step(self.method, model, opt, batch, self.config.search.grad_clip)
         loss_mean.add(loss.item(), len(batch[1]))
-        acc_mean.add(_accuracy(logits.detach(), batch[1]), len(batch[1]))
+        acc_mean.add(_accuracy(logits, batch[1]), len(batch[1]))
         return loss.item()
 
     def _arch_step(self, model, arch_opt, weight_opt, train_batch, val_batch, loss_mean: _Mean, acc_mean: _Mean):
-        arch_opt.zero_grad(set_to_none=True)
-        loss, logits = self.method.arch_backward(model, train_batch, val_batch, weight_opt)
-        if self.config.search.arch_grad_clip:
-            nn.utils.clip_grad_norm_(model.arch_parameters(), self.config.search.arch_grad_clip)
-        arch_opt.step()
-        self.method.after_arch_step(model)
+        loss, logits = arch_step(self.method, model, arch_opt, weight_opt, train_batch, val_batch,
+                                 self.config.search.arch_grad_clip)
         loss_mean.add(loss.item(), len(val_batch[1]))
-        acc_mean.add(_accuracy(logits.detach(), val_batch[1]), len(val_batch[1]))
+        acc_mean.add(_accuracy(logits, val_batch[1]), len(val_batch[1]))
 
     def _save(self, stage, epochs_done, done, model, weight_opt, arch_opt, streams) -> None:
         state = {

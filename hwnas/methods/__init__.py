@@ -15,7 +15,8 @@ A method plugs into the shared loop through `SearchMethod`:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, ClassVar
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,20 @@ _REGISTRY = {
 }
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]) -> Iterator[None]:
+    """Parameters that need no gradient in this step: autograd then neither computes their gradients
+    (a conv's weight gradient is most of its backward) nor keeps the activations only those need."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 class SearchMethod:
@@ -65,8 +80,9 @@ class SearchMethod:
     def arch_backward(self, model: nn.Module, train_batch: Batch, val_batch: Batch,
                       weight_optimizer: torch.optim.Optimizer) -> tuple[torch.Tensor, torch.Tensor]:
         """First-order: the gradient of the architecture loss on a validation batch."""
-        loss, logits = self.arch_loss(model, *val_batch)
-        loss.backward()
+        with frozen(model.weight_parameters()):
+            loss, logits = self.arch_loss(model, *val_batch)
+            loss.backward()
         return loss, logits
 
     def after_arch_step(self, model: nn.Module) -> None:

@@ -63,6 +63,7 @@ class SearchCell(nn.Module):
                  edge_primitives: Sequence[Sequence[str]], mixed_op: type[nn.Module]):
         super().__init__()
         self.nodes, self.reduction = nodes, reduction
+        self.multiplier = nodes  # output channels = multiplier * C
         self.preprocess0, self.preprocess1 = preprocess_inputs(C_pp, C_p, C, reduction_prev, affine=False)
         self.edges = nn.ModuleList()
         for i in range(nodes):
@@ -92,6 +93,8 @@ class CellSupernet(nn.Module):
     """
 
     mixed_op: type[nn.Module] = MixedOp
+    # cell types with architecture weights; cells of any other type are fixed (GDAS-FRC's reduction)
+    searched_cells: tuple[str, ...] = CELL_TYPES
 
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, nodes: int = 4,
                  stem_multiplier: int = 3, in_channels: int = 3,
@@ -116,15 +119,15 @@ class CellSupernet(nn.Module):
             if reduction:
                 C_curr *= 2
             kind = "reduce" if reduction else "normal"
-            self.cells.append(self.make_cell(nodes, C_pp, C_p, C_curr, reduction, reduction_prev,
-                                             self.edge_primitives[kind]))
+            cell = self.make_cell(nodes, C_pp, C_p, C_curr, reduction, reduction_prev, self.edge_primitives[kind])
+            self.cells.append(cell)
             reduction_prev = reduction
-            C_pp, C_p = C_p, nodes * C_curr
+            C_pp, C_p = C_p, cell.multiplier * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_p, num_classes)
         self.alphas = nn.ParameterDict({
             kind: nn.Parameter(1e-3 * torch.randn(n_edges, len(self.edge_primitives[kind][0])))
-            for kind in CELL_TYPES
+            for kind in self.searched_cells
         })
 
     def make_cell(self, nodes, C_pp, C_p, C, reduction, reduction_prev, edge_primitives) -> nn.Module:
@@ -147,10 +150,11 @@ class CellSupernet(nn.Module):
         return [p for name, p in self.named_parameters() if not _is_arch(name)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = {kind: (self.op_weights(kind), self.edge_weights(kind)) for kind in CELL_TYPES}
+        weights = {kind: (self.op_weights(kind), self.edge_weights(kind)) for kind in self.searched_cells}
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            op_w, edge_w = weights["reduce" if cell.reduction else "normal"]
+            # a cell of a type that is not searched (fixed) gets no weights
+            op_w, edge_w = weights.get("reduce" if cell.reduction else "normal", (None, None))
             s0, s1 = s1, cell(s0, s1, op_w, edge_w)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 
-def measure(method: str, steps: int, channels_last: bool, layers: int, batch: int) -> dict:
+def measure(method: str, steps: int, layers: int, batch: int) -> dict:
     import torch
 
     from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
@@ -30,10 +30,12 @@ def measure(method: str, steps: int, channels_last: bool, layers: int, batch: in
     # the method's own CIFAR recipe (PC-DARTS's K, P-DARTS's first stage), at the common depth
     recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
     data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
-    config = build_config(SearchConfig, {"method": data["method"], "supernet": data.get("supernet", {})},
+    config = build_config(SearchConfig, {"method": data["method"], "supernet": data.get("supernet", {}),
+                                         "search": {"channels_last": data.get("search", {}).get("channels_last", False)}},
                           str(recipe), [f"supernet.layers={layers}", "supernet.init_channels=16"])
     impl = get_method(method)(config, 10, 3)
     model = impl.build_supernet()
+    channels_last = config.search.channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
@@ -71,19 +73,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/search_step.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.methods[0], args.steps, not args.no_channels_last, args.layers, args.batch)))
+        print(json.dumps(measure(args.methods[0], args.steps, args.layers, args.batch)))
         return
     results = []
     for method in args.methods:
         cmd = [sys.executable, __file__, "--child", "--methods", method, "--steps", str(args.steps),
                "--layers", str(args.layers), "--batch", str(args.batch)]
-        if args.no_channels_last:
-            cmd.append("--no-channels-last")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)

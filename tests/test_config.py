@@ -61,8 +61,7 @@ def test_missing_config_file_cli(capsys, tmp_path):
 
 
 def test_config_for_another_method(capsys, tmp_path):
-    path = _write(tmp_path, "method: darts\n")
-    # the CLI positional must match the config's method; only darts exists so far, so fake a mismatch
-    assert main(["search", "darts", "--config", str(path), "--set", "method.name=gdas", "--out",
-                 str(tmp_path / "o")]) == 2
-    assert "unknown method 'gdas'" in capsys.readouterr().err
+    path = _write(tmp_path, "method: gdas\n")
+    assert main(["search", "darts", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert "is a `gdas` config, not `darts`" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

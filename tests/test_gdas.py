@@ -1,15 +1,10 @@
 """GDAS and GDAS-FRC: hard Gumbel sampling, one op per edge, temperature, fixed reduction, search and resume."""
 
 import csv
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from killresume import kill_and_resume
 import torch.nn.functional as F
 
 from hwnas.config import SearchConfig, load_config
@@ -222,36 +217,11 @@ def test_tiny_search_writes_a_valid_genotype(tmp_path, method):
     assert net(torch.randn(2, 1, 8, 8)).shape == (2, 10)  # it builds and runs
 
 
-def _cli(out: Path, epochs: int) -> list[str]:
-    sets = sum([["--set", s] for s in TINY + [f"search.epochs={epochs}"]], [])
-    return [sys.executable, "-m", "hwnas", "search", "gdas", "--out", str(out), "--quiet", *sets]
-
-
 def test_killed_and_resumed_gdas_search_matches_uninterrupted(tmp_path):
     # Gumbel samples come from the global torch RNG, which the checkpoint restores
     epochs = 4
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(_cli(tmp_path / "full", epochs), check=True, env=env, capture_output=True)
-
-    proc = subprocess.Popen(_cli(tmp_path / "killed", epochs), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed/checkpoints/search.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists(), "the run should have checkpointed its first epoch before the kill"
-    assert torch.load(checkpoint, weights_only=True)["epochs_done"] < epochs, "killed before the end"
-
-    resumed = subprocess.run(
-        [sys.executable, "-m", "hwnas", "search", "gdas", "--out", str(tmp_path / "killed"), "--resume", "--quiet"],
-        env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    full = torch.load(tmp_path / "full/checkpoints/search.pt", weights_only=True)
-    again = torch.load(checkpoint, weights_only=True)
+    full, again = kill_and_resume("gdas", tmp_path, TINY, epochs)
     for kind in ("normal", "reduce"):
         assert torch.equal(full["model"][f"alphas.{kind}"], again["model"][f"alphas.{kind}"])
-    assert (tmp_path / "full/arch.json").read_text() == (tmp_path / "killed/arch.json").read_text()
     rows = list(csv.DictReader((tmp_path / "killed/metrics.csv").read_text().splitlines()))
     assert [float(r["tau"]) for r in rows] == pytest.approx([temperature(e, epochs, 10.0, 0.1) for e in range(epochs)])

@@ -3,15 +3,10 @@ normalisation, derivation with betas, a tiny search, kill and resume (REFERENCE.
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from killresume import kill_and_resume
 import torch.nn.functional as F
 
 from hwnas.cli import main
@@ -158,31 +153,7 @@ def test_tiny_search_writes_a_valid_genotype(tmp_path):
     assert sum(last["normal_edges"][:2]) == pytest.approx(1.0) and sum(last["normal_edges"][2:]) == pytest.approx(1.0)
 
 
-def _cli(out: Path, *extra: str) -> list[str]:
-    sets = sum([["--set", s] for s in TINY + ["search.epochs=4"]], [])
-    return [sys.executable, "-m", "hwnas", "search", "pcdarts", "--out", str(out), "--quiet", *sets, *extra]
-
-
 def test_killed_and_resumed_search_matches_uninterrupted(tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(_cli(tmp_path / "full"), check=True, env=env, capture_output=True)
-
-    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed/checkpoints/search.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists(), "the run should have checkpointed its first epoch before the kill"
-    assert torch.load(checkpoint, weights_only=True)["epochs_done"] < 4, "killed before the end"
-
-    resumed = subprocess.run(
-        [sys.executable, "-m", "hwnas", "search", "pcdarts", "--out", str(tmp_path / "killed"), "--resume", "--quiet"],
-        env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    full = torch.load(tmp_path / "full/checkpoints/search.pt", weights_only=True)["model"]
-    again = torch.load(checkpoint, weights_only=True)["model"]
+    full, again = kill_and_resume("pcdarts", tmp_path, TINY)
     for name in ("alphas.normal", "alphas.reduce", "betas.normal", "betas.reduce"):
-        assert torch.equal(full[name], again[name]), name
-    assert (tmp_path / "full/arch.json").read_text() == (tmp_path / "killed/arch.json").read_text()
+        assert torch.equal(full["model"][name], again["model"][name]), name

@@ -1,15 +1,9 @@
 """The shared search loop with DARTS on tiny digits configs: outputs, determinism, kill and resume."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
 import torch
+from killresume import kill_and_resume
 
 from hwnas.cli import main
 from hwnas.config import SearchConfig, load_config
@@ -75,35 +69,10 @@ def test_existing_run_directory_is_not_overwritten(tmp_path, capsys):
     assert (out / "precious.txt").read_text() == "keep me"
 
 
-def _cli(out: Path, *extra: str) -> list[str]:
-    sets = sum([["--set", s] for s in TINY + ["search.epochs=4"]], [])
-    return [sys.executable, "-m", "hwnas", "search", "darts", "--out", str(out), "--quiet", *sets, *extra]
-
-
 def test_killed_and_resumed_search_matches_uninterrupted(tmp_path):
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(_cli(tmp_path / "full"), check=True, env=env, capture_output=True)
-
-    proc = subprocess.Popen(_cli(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed/checkpoints/search.pt"
-    deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert checkpoint.exists(), "the run should have checkpointed its first epoch before the kill"
-    epochs_done = torch.load(checkpoint, weights_only=True)["epochs_done"]
-    assert epochs_done < 4, "killed before the end"
-
-    resumed = subprocess.run(
-        [sys.executable, "-m", "hwnas", "search", "darts", "--out", str(tmp_path / "killed"), "--resume", "--quiet"],
-        env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    full = torch.load(tmp_path / "full/checkpoints/search.pt", weights_only=True)
-    again = torch.load(checkpoint, weights_only=True)
+    full, again = kill_and_resume("darts", tmp_path, TINY)
     for kind in ("normal", "reduce"):
         assert torch.equal(full["model"][f"alphas.{kind}"], again["model"][f"alphas.{kind}"])
-    assert (tmp_path / "full/arch.json").read_text() == (tmp_path / "killed/arch.json").read_text()
     assert len((tmp_path / "killed/metrics.csv").read_text().strip().splitlines()) == 5
 
 

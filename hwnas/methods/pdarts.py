@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from torch import nn
 
 from hwnas.config import MethodConfig
 from hwnas.derive import derive_cell

@@ -12,7 +12,8 @@ from typing import Any, Literal, TypeVar
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+                      model_validator)
 
 from hwnas.errors import ConfigError
 
@@ -83,7 +84,8 @@ class MethodConfig(Strict):
 
 
 class SearchConfig(Strict):
-    method: MethodConfig
+    # SerializeAsAny: dump the method's own options too, not only the base class's `name`
+    method: SerializeAsAny[MethodConfig]
     seed: int = 2
     device: str = "cpu"
     data: DataConfig = DataConfig()

@@ -18,11 +18,11 @@ def _command(method: str, out: Path, overrides: list[str]) -> list[str]:
 
 
 def kill_and_resume(method: str, tmp_path: Path, overrides: list[str], epochs: int = 4,
-                    checkpoint: str = "search.pt") -> tuple[dict, dict]:
-    """Run a search to the end; run it again, SIGKILL it once its first checkpoint exists, resume it.
+                    checkpoint: str = "search.pt", final: str | None = None) -> tuple[dict, dict]:
+    """Run a search to the end; run it again, SIGKILL it once `checkpoint` exists, resume it.
 
-    Returns the final checkpoints of the uninterrupted and of the resumed run, after checking that
-    the kill came before the end and that both runs wrote the same `arch.json`.
+    Returns the `final` checkpoints (default: `checkpoint`) of the uninterrupted and of the resumed
+    run, after checking that the kill came before the end and that both wrote the same `arch.json`.
     """
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     overrides = overrides + [f"search.epochs={epochs}"]
@@ -44,5 +44,6 @@ def kill_and_resume(method: str, tmp_path: Path, overrides: list[str], epochs: i
         env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert (tmp_path / "full/arch.json").read_text() == (tmp_path / "killed/arch.json").read_text()
-    full = torch.load(tmp_path / "full/checkpoints" / checkpoint, weights_only=True)
-    return full, torch.load(killed, weights_only=True)
+    final = final or checkpoint
+    return (torch.load(tmp_path / "full/checkpoints" / final, weights_only=True),
+            torch.load(tmp_path / "killed/checkpoints" / final, weights_only=True))

@@ -65,3 +65,14 @@ def test_config_for_another_method(capsys, tmp_path):
     assert main(["search", "darts", "--config", str(path), "--out", str(tmp_path / "o")]) == 2
     assert "is a `gdas` config, not `darts`" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("recipe", ["darts_cifar10", "pdarts_digits", "gdas_digits", "pcdarts_digits"])
+def test_resolved_config_round_trips_with_method_options(recipe):
+    """The run directory's config.yaml is what --resume rebuilds from: method options must survive."""
+    from hwnas.config import build_config, config_to_dict
+
+    config = load_config(SearchConfig, f"configs/search/{recipe}.yaml", ["method.name=" + recipe.split("_")[0]])
+    dumped = config_to_dict(config)
+    assert set(dumped["method"]) == set(type(config.method).model_fields)
+    assert build_config(SearchConfig, dumped, "round trip") == config

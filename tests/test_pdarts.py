@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from killresume import kill_and_resume
 
 from hwnas.config import SearchConfig, load_config
 from hwnas.errors import ConfigError
@@ -76,10 +77,13 @@ def test_stage_options_validated(bad):
         load_config(SearchConfig, "configs/search/pdarts_digits.yaml", [bad])
 
 
+TINY = ["data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.nodes=2",
+        "search.batch_size=16", "search.steps_per_epoch=2", "search.arch_start_epoch=1"]
+
+
 def test_quick_search_three_stages(tmp_path):
-    tiny = ["data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.nodes=2",
-            "search.batch_size=16", "search.steps_per_epoch=2", "search.epochs=2", "search.arch_start_epoch=1"]
-    report = search(load_config(SearchConfig, "configs/search/pdarts_digits.yaml", tiny), tmp_path / "r", quiet=True)
+    config = load_config(SearchConfig, "configs/search/pdarts_digits.yaml", TINY + ["search.epochs=2"])
+    report = search(config, tmp_path / "r", quiet=True)
     rows = (tmp_path / "r/metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3 * 2 and rows[-1].startswith("stage3,2")
     for stage in (1, 2, 3):
@@ -91,3 +95,10 @@ def test_quick_search_three_stages(tmp_path):
     assert "none" not in {op for op, _ in normal}
     assert report["normal_cells_by_skip_count"]
     assert json.loads((tmp_path / "r/report.json").read_text())["arch"] == report["arch"]
+
+
+def test_killed_in_stage_one_and_resumed_matches_uninterrupted(tmp_path):
+    # killed after the first epoch of stage 1; resuming must rebuild stages 2 and 3 identically
+    full, again = kill_and_resume("pdarts", tmp_path, TINY, epochs=2, checkpoint="stage1.pt", final="stage3.pt")
+    for kind in ("normal", "reduce"):
+        assert torch.equal(full["model"][f"alphas.{kind}"], again["model"][f"alphas.{kind}"])

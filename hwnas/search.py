@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hwnas.config import SearchConfig, config_to_dict
-from hwnas.data import BatchStream, Dataset, iterate_once, load_dataset, split_indices
+from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
 from hwnas.genotypes import Genotype
 from hwnas.methods import SearchMethod, frozen, get_method
@@ -64,11 +64,12 @@ class _Mean:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, indices: torch.Tensor | None, batch_size: int,
-             device: torch.device, source: str = "train") -> tuple[float, float]:
+def evaluate(model: nn.Module, source: Source, indices: torch.Tensor | None, batch_size: int,
+             device: torch.device) -> tuple[float, float]:
+    """Mean loss and accuracy over `indices` of `source` (all when None), in eval mode."""
     model.eval()
     loss, acc = _Mean(), _Mean()
-    for x, y in iterate_once(getattr(dataset, source), indices, batch_size):
+    for x, y in iterate_once(source, indices, batch_size):
         x, y = x.to(device), y.to(device)
         logits = model(x)
         loss.add(nn.functional.cross_entropy(logits, y).item(), len(y))
@@ -167,7 +168,7 @@ class SearchLoop:
                 if update_arch and recipe.order == "weights_first":
                     self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
                 bar.set_postfix(loss=f"{loss:.3f}")
-            val_loss, val_acc = evaluate(model, self.dataset, self.arch_idx, recipe.batch_size, self.device)
+            val_loss, val_acc = evaluate(model, self.dataset.train, self.arch_idx, recipe.batch_size, self.device)
             arch = self.method.derive(model)
             row = {
                 "stage": stage, "epoch": epoch + 1, "lr": lr, **extra,

@@ -22,17 +22,13 @@ from pathlib import Path
 def measure(method: str, steps: int, layers: int, batch: int) -> dict:
     import torch
 
-    from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
+    from hwnas.info import recipe_supernet_config
     from hwnas.methods import get_method
     from hwnas.search import arch_step, weight_step
 
     torch.manual_seed(0)
     # the method's own CIFAR recipe (PC-DARTS's K, P-DARTS's first stage), at the common depth
-    recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
-    data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
-    config = build_config(SearchConfig, {"method": data["method"], "supernet": data.get("supernet", {}),
-                                         "search": {"channels_last": data.get("search", {}).get("channels_last", False)}},
-                          str(recipe), [f"supernet.layers={layers}", "supernet.init_channels=16"])
+    config = recipe_supernet_config(method, {"layers": layers, "init_channels": 16})
     impl = get_method(method)(config, 10, 3)
     model = impl.build_supernet()
     channels_last = config.search.channels_last

@@ -39,20 +39,27 @@ def arch_info(arch: str, dataset: str = "cifar10", init_channels: int | None = N
     }
 
 
+def recipe_supernet_config(method: str, supernet: dict[str, int] | None = None) -> SearchConfig:
+    """The supernet as the method's published CIFAR recipe builds it (P-DARTS: its first stage),
+    with `supernet` overrides; also used by the step benchmark."""
+    recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
+    data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
+    channels_last = (data.get("search") or {}).get("channels_last", False)
+    data = {"method": data["method"], "supernet": {**(data.get("supernet") or {}), **(supernet or {})},
+            "search": {"channels_last": channels_last}}
+    return build_config(SearchConfig, data, f"{recipe} (supernet)")
+
+
 def supernet_info(method: str, init_channels: int | None = None, layers: int | None = None,
                   num_classes: int | None = None) -> dict[str, Any]:
     for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
         _positive(name, value)
-    # the supernet as the method's published CIFAR recipe builds it (P-DARTS: its first stage)
-    recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
-    data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
-    supernet = dict(data.get("supernet") or {})
+    supernet: dict[str, int] = {}
     if init_channels:
         supernet["init_channels"] = init_channels
     if layers:
         supernet["layers"] = layers
-    data = {"method": data["method"], "supernet": supernet}
-    config = build_config(SearchConfig, data, f"info --supernet {method}")
+    config = recipe_supernet_config(method, supernet)
     model = get_method(method)(config, num_classes or 10, 3).build_supernet()
     s = config.supernet
     return {

@@ -109,20 +109,17 @@ class SearchLoop:
         self.config, self.method, self.dataset, self.run = config, method, dataset, run
         self.device = torch.device(config.device)
         self.quiet = quiet
+        self.memory_format = torch.channels_last if config.search.channels_last else torch.contiguous_format
         self.weight_idx, self.arch_idx = split_indices(
             len(dataset.train), config.data.train_portion, config.data.train_subset)
         self.history: list[dict[str, Any]] = []
 
-    def run_stage(self, stage: str, build: Callable[[], nn.Module], epochs: int | None = None,
-                  arch_start_epoch: int | None = None) -> nn.Module:
-        """Search one supernet from `build()` for `epochs`; resumes from the stage's checkpoint."""
+    def run_stage(self, stage: str, build: Callable[[], nn.Module]) -> nn.Module:
+        """Search one supernet from `build()` for the recipe's epochs; resumes from the stage's checkpoint."""
         cfg, recipe = self.config, self.config.search
-        epochs = epochs or recipe.epochs
-        arch_start = recipe.arch_start_epoch if arch_start_epoch is None else arch_start_epoch
+        epochs, arch_start = recipe.epochs, recipe.arch_start_epoch
         torch.manual_seed(_seed(cfg.seed, stage, "init"))
-        model = build().to(self.device)
-        self.memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-        model = model.to(memory_format=self.memory_format)
+        model = build().to(self.device, memory_format=self.memory_format)
         w = recipe.weight_optimizer
         weight_opt = torch.optim.SGD(model.weight_parameters(), lr=w.lr, momentum=w.momentum,
                                      weight_decay=w.weight_decay, nesterov=w.nesterov)

@@ -60,6 +60,63 @@ def _print_info(result: dict[str, Any]) -> None:
         print(result["arch_text"])
 
 
+def _profile(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.latency import kit
+    from hwnas.spaces.definition import load_space
+
+    if args.profile_command == "ingest":
+        table = kit.ingest(args.results, args.out, args.name)
+        return {"table": table.source, "keys": len(table), "unstable_keys": table.meta.get("unstable_keys", [])}
+    if not args.space or not args.out:
+        raise HwnasError("profile: give --space SPACE and --out (see `hwnas profile --help`)")
+    space = load_space(args.space)
+    if args.profile_command == "kit":
+        manifest = kit.build_kit(space, args.out, args.batch)
+        return {"kit": args.out, "keys": len(manifest["entries"]), "space": space.name}
+    for name in ("threads", "runs", "batch"):
+        if getattr(args, name) < 1:
+            raise HwnasError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0:
+        raise HwnasError(f"--warmup must not be negative, got {args.warmup}")
+    return kit.profile(space, args.out, args.backend, args.name, args.threads, args.batch, args.warmup, args.runs,
+                       args.device, quiet=args.quiet)
+
+
+def _show_profile(result: dict[str, Any]) -> None:
+    if "kit" in result:
+        print(f"wrote a kit of {result['keys']} models for {result['space']} to {result['kit']}; run it on the device "
+              f"with `python profilers/ort_runner.py {result['kit']} --out results.csv`")
+        return
+    unstable = result["unstable_keys"]
+    print(f"wrote {result['table']} ({result['keys']} keys"
+          + (f", {result['seconds']:.0f} s" if "seconds" in result else "") + ")"
+          + (f"; {len(unstable)} key(s) stayed unstable after re-measuring: {', '.join(unstable[:3])}"
+             f"{' ...' if len(unstable) > 3 else ''}" if unstable else ""))
+
+
+def _lut(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.latency import validate
+
+    if args.lut_command == "validate":
+        return validate.validate(args.table, args.space, args.samples, args.seed, args.plot, quiet=args.quiet)
+    return validate.predict_command(args.table, args.arch, args.space)
+
+
+def _show_lut(result: dict[str, Any]) -> None:
+    if "predicted_ms" in result:
+        print(f"{result['arch']} on {result['table']}: {result['predicted_ms']:.3f} ms predicted "
+              f"({result['estimator']}, call overhead {result['call_overhead_ms']:.3f} ms)")
+        for part, ms in result["breakdown_ms"].items():
+            print(f"  {part:<28} {ms:8.3f} ms")
+        return
+    print(f"{result['samples']} random {result['space']} networks, {result['runtime']} {result['threads']} thread(s):")
+    print(f"  within +-5%   {result['within_5pct']:.0%}\n  within +-10%  {result['within_10pct']:.0%}")
+    print(f"  MAPE          {result['mape_pct']:.2f}% (mean error {result['mean_error_pct']:+.2f}%)")
+    print(f"  Kendall tau   {result['kendall_tau']:.3f}\n  Spearman rho  {result['spearman_rho']:.3f}")
+    if "plot" in result:
+        print(f"  plot          {result['plot']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hwnas.methods import method_names
 
@@ -79,14 +136,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_search, show=lambda r: print(f"architecture:\n{r['arch_text']}\nrun directory: {r['run_dir']}"))
 
     p = sub.add_parser("info", help="size of a final network or a search supernet")
-    p.add_argument("--arch", help="zoo name (e.g. DARTS_V2) or arch.json")
+    p.add_argument("--arch", help="zoo name (DARTS_V2, DenseNAS-C, ...) or arch.json (cell or routed)")
     p.add_argument("--supernet", choices=method_names(), help="a method's search network")
-    p.add_argument("--dataset", choices=["cifar10", "imagenet"], default="cifar10")
+    p.add_argument("--dataset", choices=["cifar10", "imagenet"], default="cifar10",
+                   help="cell networks only; a routed network takes its space's input size and classes")
     p.add_argument("--init-channels", type=int)
     p.add_argument("--layers", type=int)
     p.add_argument("--num-classes", type=int)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_info, show=_print_info)
+
+    p = sub.add_parser("profile", help="measure a latency table on this machine, or make/ingest a device kit",
+                       description="hwnas profile --space SPACE --backend ort --name DEVICE --out TABLE.csv "
+                                   "profiles here in one step; `profile kit` and `profile ingest` do it in two, "
+                                   "with profilers/ort_runner.py run on the device in between.")
+    p.add_argument("--space", help="space name under configs/spaces/ (densenas_224, densenas_32, darts_cifar10) or YAML")
+    p.add_argument("--out", help="latency table CSV to write (its .json goes beside it)")
+    p.add_argument("--backend", choices=["ort", "torch"], default="ort")
+    p.add_argument("--name", help="device name recorded in the table")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs per key")
+    p.add_argument("--runs", type=int, default=50, help="timed runs per key, one per interleaved round")
+    p.add_argument("--device", default="cpu", help="torch backend only: cpu or cuda[:N]")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    psub = p.add_subparsers(dest="profile_command", parser_class=_Parser)
+    k = psub.add_parser("kit", help="export one ONNX model per latency key, to run on a device")
+    k.add_argument("--space", required=True)
+    k.add_argument("--out", required=True, help="kit folder (must not exist or be empty)")
+    k.add_argument("--batch", type=int, default=1)
+    k.add_argument("--json", action="store_true")
+    i = psub.add_parser("ingest", help="turn a runner's results.csv into a latency table")
+    i.add_argument("results", help="results CSV written by profilers/ort_runner.py or torch_runner.py")
+    i.add_argument("--out", required=True, help="latency table CSV to write")
+    i.add_argument("--name", help="device name recorded in the table")
+    i.add_argument("--json", action="store_true")
+    p.set_defaults(func=_profile, show=_show_profile)
+
+    p = sub.add_parser("lut", help="check a latency table against whole networks, or predict one architecture")
+    lsub = p.add_subparsers(dest="lut_command", required=True, parser_class=_Parser)
+    v = lsub.add_parser("validate", help="predicted vs measured latency of random networks of a space")
+    v.add_argument("--table", required=True)
+    v.add_argument("--space", required=True)
+    v.add_argument("--samples", type=int, default=50)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--plot", help="write the predicted-vs-measured scatter plot here (PNG)")
+    v.add_argument("--json", action="store_true")
+    v.add_argument("--quiet", action="store_true")
+    q = lsub.add_parser("predict", help="predicted latency of one architecture, block by block")
+    q.add_argument("--table", required=True)
+    q.add_argument("--arch", required=True, help="arch.json (routed or cell) or a zoo name (DenseNAS-C, DARTS_V2)")
+    q.add_argument("--space", help="the architecture's space (default: the one it or the table names)")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=_lut, show=_show_lut)
     return parser
 
 

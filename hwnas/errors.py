@@ -19,3 +19,7 @@ class ArchitectureError(HwnasError):
 
 class CheckpointError(HwnasError):
     pass
+
+
+class LatencyError(HwnasError):
+    pass

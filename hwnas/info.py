@@ -10,6 +10,9 @@ from hwnas.genotypes import load_genotype
 from hwnas.methods import get_method
 from hwnas.models import count_macs, count_parameters
 from hwnas.models.cell_net import NetworkCIFAR, NetworkImageNet
+from hwnas.models.routed_net import RoutedNetwork
+from hwnas.routed import ROUTED_ZOO, is_routed_file, load_routed_arch
+from hwnas.spaces.definition import load_space
 
 # dataset -> (init channels, cells, classes, input size) of the published final networks
 FINAL_SETTINGS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
@@ -24,6 +27,8 @@ def arch_info(arch: str, dataset: str = "cifar10", init_channels: int | None = N
               num_classes: int | None = None) -> dict[str, Any]:
     for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
         _positive(name, value)
+    if arch in ROUTED_ZOO or is_routed_file(arch):
+        return routed_arch_info(arch, num_classes)
     genotype = load_genotype(arch)
     C, cells, classes, size = FINAL_SETTINGS[dataset]
     C, cells, classes = init_channels or C, layers or cells, num_classes or classes
@@ -36,6 +41,20 @@ def arch_info(arch: str, dataset: str = "cifar10", init_channels: int | None = N
         "name": arch, "network": f"{build.__name__} C={C} cells={cells} classes={classes}",
         "params": count_parameters(model), "macs": count_macs(model, (3, size, size)),
         "input": f"3x{size}x{size}", "arch": genotype.to_dict(), "arch_text": str(genotype),
+    }
+
+
+def routed_arch_info(arch: str, num_classes: int | None = None) -> dict[str, Any]:
+    """A routed (DenseNAS) network in the space its architecture names, at that space's input size."""
+    routed = load_routed_arch(arch)
+    space = load_space(routed.space)
+    classes = num_classes or space.num_classes
+    model = RoutedNetwork(space, routed, classes)
+    size = space.input_size
+    return {
+        "name": arch, "network": f"RoutedNetwork space={space.name} classes={classes}",
+        "params": count_parameters(model), "macs": count_macs(model, (space.input_channels, size, size)),
+        "input": f"{space.input_channels}x{size}x{size}", "arch": routed.to_dict(), "arch_text": routed.format(space),
     }
 
 

@@ -98,3 +98,21 @@ def draw_genotype(genotype: Genotype, out_dir: Path) -> list[Path]:
     if genotype.reduce is not None:
         paths.append(draw_cell(genotype.reduce, genotype.reduce_concat, "reduction cell", out_dir / "cell_reduce.png"))
     return paths
+
+
+def plot_predicted_vs_measured(predicted: Sequence[float], measured: Sequence[float], path: Path, title: str) -> Path:
+    """Scatter of table predictions against end-to-end measurements, with the +-10% band."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    low, high = min(*predicted, *measured) * 0.9, max(*predicted, *measured) * 1.1
+    ax.plot([low, high], [low, high], color="black", linewidth=1, label="predicted = measured")
+    ax.fill_between([low, high], [low * 0.9, high * 0.9], [low * 1.1, high * 1.1], color="tab:green", alpha=0.15,
+                    label="+-10%")
+    ax.scatter(measured, predicted, s=14, color="tab:blue")
+    ax.set(xlim=(low, high), ylim=(low, high), xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
+           title=title)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,296 @@
+"""Profiling kits (one small ONNX model per latency key), ingesting a runner's results into a table,
+and the one-step local form that does both on this machine.
+
+A kit is a folder: `manifest.json` (space, its definition and key fingerprint, batch, opset, and one
+entry per key: key, model file, input shape) and `models/`. Each model is the op exported in eval mode,
+so BN is folded into the conv exactly as it is in a deployed network. The kit also carries a trivial
+model whose time is the runtime's fixed per-call cost, and a few random whole networks of the space:
+measured in the same rounds, they calibrate one scale factor from the sum of op latencies to the
+latency of a network (see `network_scale` in hwnas/latency/table.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import hwnas
+from hwnas.errors import HwnasError, LatencyError
+from hwnas.latency.keys import OpKey, build_op, space_keys
+from hwnas.latency.networks import arch_keys, build_network, input_shape, sample_arch
+from hwnas.latency.table import DEFAULT_ESTIMATOR, LatencyTable, fingerprint, make_table, save_table
+from hwnas.spaces.definition import CellSpace, RoutingSpace, parse_space
+from profilers import measure as timing
+from profilers.ort_runner import KIT_FORMAT, KitError, run_kit
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+CALIBRATION_KEY = "call_overhead"
+CALIBRATION_NETWORKS = 8
+CALIBRATION_SEED = 1000  # `hwnas lut validate` samples its networks with other seeds
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, dynamic_batch: bool = False) -> None:
+    """Export in eval mode with the TorchScript exporter: fast (about 0.1 s for an op) and it folds BN."""
+    module = module.eval()
+    dynamic = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(*input_shape),), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["output"], dynamic_axes=dynamic,
+                          do_constant_folding=True)
+
+
+def _fresh_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise HwnasError(f"{out} exists and is not empty; choose another --out or remove it")
+
+
+def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1,
+              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Export one model per latency key of `space` into `out` (written whole, then moved into place)."""
+    out = Path(out)
+    _fresh_dir(out)
+    if batch < 1:
+        raise HwnasError(f"--batch must be at least 1, got {batch}")
+    keys = space_keys(space, batch)
+    staging = Path(tempfile.mkdtemp(prefix=".kit-", dir=out.parent if out.parent.exists() else None))
+    try:
+        (staging / "models").mkdir()
+        entries = []
+        for i, key in enumerate(keys):
+            file = f"models/{i:04d}_{key.op}.onnx"
+            export_onnx(build_op(key), key.input_shape, staging / file)
+            entries.append({"key": key.name, "file": file, "input_shape": list(key.input_shape)})
+            if progress:
+                progress(i + 1, len(keys))
+        calibration = {"key": CALIBRATION_KEY, "file": "models/calibration.onnx", "input_shape": [batch, 1, 1, 1]}
+        export_onnx(nn.ReLU(), (batch, 1, 1, 1), staging / calibration["file"])
+        (staging / "networks").mkdir()
+        networks = []
+        for i, (ops, model) in enumerate(calibration_networks(space, batch)):
+            networks.append({"key": f"network:{i}", "file": f"networks/{i}.onnx",
+                             "input_shape": list(input_shape(space, batch)), "ops": ops})
+            export_onnx(model, input_shape(space, batch), staging / networks[-1]["file"])
+        manifest = {
+            "format": KIT_FORMAT, "space": space.name, "space_definition": space.model_dump(mode="json"),
+            "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32", "opset": OPSET,
+            "hwnas_version": hwnas.__version__, "torch_version": torch.__version__,
+            "entries": entries, "calibration": calibration, "networks": networks,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return manifest
+
+
+def calibration_networks(space: RoutingSpace | CellSpace, batch: int) -> list[tuple[list[str], nn.Module]]:
+    """(the key names of its ops, the network) for a few random networks of the space, always the same."""
+    rng = random.Random(CALIBRATION_SEED)
+    torch.manual_seed(CALIBRATION_SEED)
+    archs = [sample_arch(space, rng) for _ in range(CALIBRATION_NETWORKS)]
+    return [([k.name for _, k in arch_keys(space, arch, batch)], build_network(space, arch)) for arch in archs]
+
+
+def network_scale(results: pd.DataFrame, networks: list[dict[str, Any]], overhead: float) -> tuple[float, list]:
+    """The median ratio of measured network latency to the sum of its ops (each less the per-call
+    overhead, plus the overhead once), over the calibration networks; 1 when there are none."""
+    fits = []
+    for net in networks:
+        ops_sum = sum(max(float(results.loc[k, DEFAULT_ESTIMATOR]) - overhead, 0.0) for k in net["ops"]) + overhead
+        fits.append({"key": net["key"], "ops_sum_ms": ops_sum, "measured_ms": float(results.loc[net["key"], DEFAULT_ESTIMATOR])})
+    ratios = sorted(f["measured_ms"] / f["ops_sum_ms"] for f in fits)
+    return (float(np.median(ratios)) if ratios else 1.0), fits
+
+
+def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A runner's results CSV and its description JSON beside it."""
+    path = Path(results_csv)
+    description_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise LatencyError(f"results file {path} not found")
+    if not description_path.is_file():
+        raise LatencyError(f"{path} has no description {description_path.name} beside it; copy both files the "
+                           "runner wrote")
+    try:
+        description = json.loads(description_path.read_text())
+        results = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise LatencyError(f"{path}: cannot read the runner's results ({str(exc).splitlines()[0]})") from None
+    needed = ["key", *timing.RESULT_COLUMNS[1:7]]
+    if not isinstance(description, dict) or "kit" not in description or any(c not in results for c in needed):
+        raise LatencyError(f"{path}: not the output of profilers/ort_runner.py or torch_runner.py "
+                           f"(needs columns {', '.join(needed)} and a description with the kit)")
+    if results["key"].duplicated().any():
+        raise LatencyError(f"{path}: key {results['key'][results['key'].duplicated()].iloc[0]} appears twice")
+    return results.set_index("key"), description
+
+
+def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, force: bool = False) -> LatencyTable:
+    """Turn a runner's results into a latency table for the kit's space."""
+    results, description = read_results(results_csv)
+    kit = description["kit"]
+    space = parse_space(description.get("space_definition"), f"{results_csv} (its space)")
+    keys = space_keys(space, int(kit["batch"]))
+    if fingerprint(keys) != kit["fingerprint"]:
+        raise LatencyError(f"{results_csv}: the kit's keys do not match its space {space.name} as hwnas "
+                           f"{hwnas.__version__} computes them; make a new kit with `hwnas profile kit`")
+    networks = description.get("networks", [])
+    extra = sorted(set(results.index) - {k.name for k in keys} - {description["calibration_key"]}
+                   - {net["key"] for net in networks})
+    if extra:
+        raise LatencyError(f"{results_csv}: {len(extra)} result(s) are not keys of {space.name} "
+                           f"(e.g. {extra[0]}): this file comes from another kit")
+    names = {k.name for k in keys}
+    if any(op not in names for net in networks for op in net.get("ops", [])):
+        raise LatencyError(f"{results_csv}: its calibration networks use ops outside {space.name}; "
+                           "make a new kit with `hwnas profile kit`")
+    missing = [k for k in [*(k.name for k in keys), *(net["key"] for net in networks)] if k not in results.index]
+    if missing or description["calibration_key"] not in results.index:
+        raise LatencyError(f"{results_csv}: {len(missing) or 'the calibration'} key(s) were not measured "
+                           f"(e.g. {(missing or [description['calibration_key']])[0]}); run the whole kit again")
+    overhead = float(results.loc[description["calibration_key"], DEFAULT_ESTIMATOR])
+    scale, fits = network_scale(results, networks, overhead)
+    meta = {
+        "space": space.name, "batch": int(kit["batch"]), "dtype": kit["dtype"],
+        "device_name": name or description["device"].get("cpu_model", "unknown"),
+        "device": description["device"],
+        **{k: description[k] for k in ("runtime", "runtime_version", "provider", "threads", "warmup", "runs",
+                                       "date", "seconds", "unstable_keys") if k in description},
+        "estimator": DEFAULT_ESTIMATOR, "call_overhead_ms": overhead, "network_scale": scale,
+        "calibration_networks": fits, "kit_hwnas_version": kit["hwnas_version"], "hwnas_version": hwnas.__version__,
+        "opset": kit.get("opset"),
+    }
+    out = Path(out).with_suffix(".csv")
+    if out.exists() and not force:
+        raise HwnasError(f"{out} exists; choose another --out or remove it")
+    table = make_table(results, keys, meta, str(out))
+    save_table(table, out)
+    return table
+
+
+def _bar(desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    bar = tqdm(total=1, desc=desc, unit="call", disable=quiet, dynamic_ncols=True, mininterval=1.0)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def torch_calls(keys: list[OpKey], device: str, threads: int | None,
+                networks: list[tuple[nn.Module, tuple[int, ...]]] | None = None) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
+    """Eager PyTorch calls, one per key (on CUDA each call synchronises so the timer sees the kernels),
+    and on CPU a preparation per key that reads its input, as profilers/ort_runner.py does."""
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    calls, prepare = {}, {}
+    generator = torch.Generator().manual_seed(0)
+    modules = [(key.name, build_op(key), key.input_shape) for key in keys]
+    modules.append((CALIBRATION_KEY, nn.ReLU(), (keys[0].batch, 1, 1, 1)))
+    modules += [(f"network:{i}", model, shape) for i, (model, shape) in enumerate(networks or [])]
+    for name, module, shape in modules:
+        module = module.eval().to(dev)
+        x = torch.randn(*shape, generator=generator).to(dev)
+
+        def call(module=module, x=x) -> None:
+            with torch.inference_mode():
+                module(x)
+            sync()
+
+        calls[name] = call
+        if dev.type == "cpu":
+            prepare[name] = x.sum
+    return calls, prepare
+
+
+def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "ort", name: str | None = None,
+            threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 50, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+    """Profile every key of `space` on this machine and write the table: the kit and runner in one step."""
+    out = Path(out).with_suffix(".csv")
+    if out.exists():
+        raise HwnasError(f"{out} exists; choose another --out or remove it")
+    if backend not in ("ort", "torch"):
+        raise HwnasError(f"--backend must be ort or torch, got {backend!r}")
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
+        results_csv = Path(tmp) / "results.csv"
+        if backend == "ort":
+            bar, update = _bar("exporting kit", quiet)
+            with bar:
+                build_kit(space, Path(tmp) / "kit", batch, progress=update)
+            bar, update = _bar("measuring", quiet)
+            with bar:
+                try:
+                    run_kit(Path(tmp) / "kit", results_csv, threads, warmup, runs, progress=update)
+                except KitError as exc:
+                    raise HwnasError(str(exc)) from None
+        else:
+            _torch_results(space, results_csv, device, threads, batch, warmup, runs, quiet)
+        table = ingest(results_csv, out, name)
+    table.meta["seconds"] = round(time.time() - start, 1)
+    save_table(table, out)
+    return {"table": str(out), "keys": len(table), "seconds": table.meta["seconds"],
+            "unstable_keys": table.meta.get("unstable_keys", []), "call_overhead_ms": table.overhead_ms}
+
+
+def _torch_results(space: RoutingSpace | CellSpace, results_csv: Path, device: str, threads: int, batch: int,
+                   warmup: int, runs: int, quiet: bool) -> None:
+    bar, update = _bar("measuring (torch)", quiet)
+    with bar:
+        torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)
+
+
+def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: str = "cpu", threads: int | None = 1,
+                  batch: int = 1, warmup: int = 10, runs: int = 50,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Time every key of `space` in eager PyTorch; write what profilers/ort_runner.py writes."""
+    keys = space_keys(space, batch)
+    networks = calibration_networks(space, batch)
+    calls, prepare = torch_calls(keys, device, threads, [(model, input_shape(space, batch)) for _, model in networks])
+    results = timing.measure(calls, warmup, runs, progress=progress, prepare=prepare)
+    timing.write_results(results_csv, results)
+    description = torch_description(space, keys, batch, device, threads, warmup, runs, results)
+    description["networks"] = [{"key": f"network:{i}", "ops": ops} for i, (ops, _) in enumerate(networks)]
+    results_csv.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
+    return description
+
+
+def torch_description(space: RoutingSpace | CellSpace, keys: list[OpKey], batch: int, device: str, threads: int | None,
+                      warmup: int, runs: int, results: dict[str, dict[str, float]]) -> dict[str, Any]:
+    dev = torch.device(device)
+    return {
+        "kit": {"space": space.name, "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32",
+                "opset": None, "hwnas_version": hwnas.__version__},
+        "space_definition": space.model_dump(mode="json"), "calibration_key": CALIBRATION_KEY,
+        "device": {**timing.describe_device(),
+                   **({"gpu_model": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
+        "runtime": "torch", "runtime_version": torch.__version__, "provider": dev.type,
+        "threads": threads or torch.get_num_threads(), "warmup": warmup, "runs": runs,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "unstable_keys": [k for k, s in results.items() if not s["stable"]],
+    }

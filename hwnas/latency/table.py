@@ -1,0 +1,218 @@
+"""Latency lookup tables: rows keyed by the full op signature, with their measurement metadata.
+
+A table is two human-readable files side by side: `<space>.csv` (one row per key: the signature
+columns, then median, mean, standard deviation, count, coefficient of variation and 10th percentile,
+in ms) and `<space>.json` (space, batch, device, CPU model, runtime and version, execution provider, threads,
+date, hwnas version, the per-call overhead of the runner).
+
+Prediction uses the column named by `estimator` in the metadata, `p10_ms` by default: the latency on
+a quiet device, which repeats within a few percent even on a shared machine (profilers/measure.py).
+Each kit model was timed as its own runtime call, which includes the runtime's fixed
+per-call cost (`call_overhead_ms`, measured on a trivial model in the same session). A network makes
+that call once, so its latency is the sum over its ops of (latency - overhead), plus the overhead once,
+times `network_scale`: the median ratio of measured to summed latency over a few random networks of
+the space measured with the kit (ops measured alone find their buffers colder than inside a network,
+where the runtime reuses them; the scale is a few percent below 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from hwnas.errors import LatencyError
+from hwnas.latency.keys import OpKey
+
+log = logging.getLogger(__name__)
+
+TABLE_FORMAT = "hwnas-latency-table"
+KEY_COLUMNS = ["key", "op", "c_in", "c_out", "size", "stride", "kernel", "expansion", "batch", "dtype"]
+STAT_COLUMNS = ["median_ms", "mean_ms", "std_ms", "count", "cv", "p10_ms"]
+COLUMNS = KEY_COLUMNS + STAT_COLUMNS
+DEFAULT_ESTIMATOR = "p10_ms"
+REQUIRED_META = ("space", "batch", "runtime", "runtime_version", "threads", "call_overhead_ms")
+
+
+def fingerprint(keys: Iterable[OpKey]) -> str:
+    """A short hash of a set of keys: two kits or tables with the same fingerprint need the same rows."""
+    return hashlib.sha256("\n".join(sorted(k.name for k in keys)).encode()).hexdigest()[:16]
+
+
+def profile_hint(space: str, batch: int) -> str:
+    return (f"profile it with `hwnas profile --space {space} --backend ort --name DEVICE"
+            f"{f' --batch {batch}' if batch != 1 else ''} --out latency_tables/DEVICE/{space}.csv`")
+
+
+@dataclass
+class LatencyTable:
+    rows: pd.DataFrame  # indexed by key name, COLUMNS without `key`
+    meta: dict[str, Any]
+    source: str = "(in memory)"
+    _latency: dict[str, float] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._latency = self.rows[self.estimator].astype(float).to_dict()
+
+    @property
+    def estimator(self) -> str:
+        return str(self.meta.get("estimator", DEFAULT_ESTIMATOR))
+
+    @property
+    def space(self) -> str:
+        return str(self.meta["space"])
+
+    @property
+    def batch(self) -> int:
+        return int(self.meta["batch"])
+
+    @property
+    def overhead_ms(self) -> float:
+        return float(self.meta.get("call_overhead_ms", 0.0))
+
+    @property
+    def scale(self) -> float:
+        return float(self.meta.get("network_scale", 1.0))
+
+    def __contains__(self, key: OpKey) -> bool:
+        return key.name in self._latency
+
+    def __len__(self) -> int:
+        return len(self._latency)
+
+    def missing(self, keys: Iterable[OpKey]) -> list[OpKey]:
+        return [k for k in dict.fromkeys(keys) if k.name not in self._latency]
+
+    def require(self, keys: Iterable[OpKey], space: str | None = None) -> None:
+        """Raise LatencyError naming the missing keys and the command that profiles them."""
+        missing = self.missing(keys)
+        if not missing:
+            return
+        space = space or self.space
+        batch = missing[0].batch
+        if batch != self.batch:
+            raise LatencyError(f"{self.source} was measured at batch {self.batch}, not {batch}; "
+                               + profile_hint(space, batch))
+        where = (f"; it was profiled for space {self.space}, not {space}" if space != self.space else "")
+        shown = ", ".join(k.name for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        raise LatencyError(f"{self.source} lacks {len(missing)} key(s) ({shown}){where}; " + profile_hint(space, batch))
+
+    def check_for(self, space_name: str, keys: Iterable[OpKey], runtime: str | None = None) -> "LatencyTable":
+        """Raise LatencyError unless this table was measured with `runtime` and holds every key of the space."""
+        if runtime and self.meta.get("runtime") != runtime:
+            raise LatencyError(f"{self.source} was measured with {self.meta.get('runtime')}, not {runtime}; "
+                               + profile_hint(space_name, self.batch))
+        self.require(keys, space_name)
+        return self
+
+    def op_ms(self, key: OpKey) -> float:
+        """The op's latency inside a network: its measured latency less the per-call overhead, scaled."""
+        if key.name not in self._latency:
+            self.require([key])
+        return self.scale * max(self._latency[key.name] - self.overhead_ms, 0.0)
+
+    def predict(self, keys: Iterable[OpKey]) -> float:
+        """Predicted latency (ms) of one network made of `keys` (repeats counted)."""
+        keys = list(keys)
+        self.require(keys)
+        return sum(self.op_ms(k) for k in keys) + self.scale * self.overhead_ms
+
+
+def make_table(results: pd.DataFrame, keys: list[OpKey], meta: dict[str, Any], source: str = "(in memory)") -> LatencyTable:
+    """A table from measured statistics (`results` indexed by key name) for exactly `keys`."""
+    rows = pd.DataFrame([k.fields() for k in keys]).set_index("key")
+    rows = rows.join(results[STAT_COLUMNS], how="left")
+    table = LatencyTable(rows, {"format": TABLE_FORMAT, **meta, "fingerprint": fingerprint(keys)}, source)
+    _check_rows(table.rows, source)
+    return table
+
+
+def save_table(table: LatencyTable, path: str | Path) -> Path:
+    """Write `<path>.csv` and `<path>.json` (each atomically)."""
+    from hwnas.runs import atomic_write, write_json
+
+    path = Path(path).with_suffix(".csv")
+    rows = table.rows.reset_index()[COLUMNS]
+    atomic_write(path, lambda f: rows.to_csv(f, index=False, float_format="%.6g"))
+    write_json(path.with_suffix(".json"), table.meta)
+    table.source = str(path)
+    return path
+
+
+def _check_rows(rows: pd.DataFrame, source: str) -> None:
+    for column in STAT_COLUMNS:
+        values = pd.to_numeric(rows[column], errors="coerce")
+        bad = rows.index[values.isna() | ~values.map(math.isfinite)] if column != "count" else rows.index[values.isna()]
+        if len(bad):
+            raise LatencyError(f"{source}: {column} is missing or not a number for {len(bad)} key(s), e.g. {bad[0]}; "
+                               "re-profile those keys")
+    for column in ("median_ms", "mean_ms", "p10_ms"):
+        bad = rows.index[rows[column].astype(float) <= 0]
+        if len(bad):
+            raise LatencyError(f"{source}: {column} must be positive, but is {rows.loc[bad[0], column]} for {bad[0]}; "
+                               "re-profile that key")
+    bad = rows.index[(rows["std_ms"].astype(float) < 0) | (rows["count"].astype(float) < 1)]
+    if len(bad):
+        raise LatencyError(f"{source}: negative std_ms or count below 1 for {bad[0]}")
+
+
+def load_table(path: str | Path) -> LatencyTable:
+    """Read and check a table (`.csv` with its `.json` beside it); warn if it was measured on another CPU."""
+    from hwnas.config import resolve_path
+
+    path = resolve_path(Path(path).with_suffix(".csv") if Path(path).suffix != ".csv" else path)
+    meta_path = path.with_suffix(".json")
+    if not path.is_file():
+        raise LatencyError(f"latency table {path} not found; make one with `hwnas profile --space SPACE "
+                           "--backend ort --name DEVICE --out TABLE.csv`")
+    if not meta_path.is_file():
+        raise LatencyError(f"{path} has no metadata file {meta_path.name} beside it; re-ingest the results "
+                           "with `hwnas profile ingest`")
+    import json
+
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError as exc:
+        raise LatencyError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != TABLE_FORMAT:
+        raise LatencyError(f"{meta_path}: not an hwnas latency table description (format {TABLE_FORMAT!r})")
+    absent = [k for k in REQUIRED_META if k not in meta]
+    if absent:
+        raise LatencyError(f"{meta_path}: missing {', '.join(absent)}")
+    try:
+        rows = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise LatencyError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    absent = [c for c in COLUMNS if c not in rows.columns]
+    if absent:
+        raise LatencyError(f"{path}: missing column(s) {', '.join(absent)}; a table has {', '.join(COLUMNS)}")
+    duplicated = rows["key"][rows["key"].duplicated()]
+    if len(duplicated):
+        raise LatencyError(f"{path}: key {duplicated.iloc[0]} appears more than once")
+    for record in rows[KEY_COLUMNS].to_dict("records"):
+        try:
+            key = OpKey(str(record["op"]), int(record["c_in"]), int(record["c_out"]), int(record["size"]),
+                        int(record["stride"]), int(record["batch"]), str(record["dtype"]))
+            consistent = key.name == record["key"] and (key.kernel, key.expansion) == (record["kernel"], record["expansion"])
+        except (TypeError, ValueError):
+            consistent = False
+        if not consistent:
+            raise LatencyError(f"{path}: row {record['key']} does not match its signature columns")
+    table = LatencyTable(rows.set_index("key")[COLUMNS[1:]], meta, str(path))
+    _check_rows(table.rows, str(path))
+    _warn_other_cpu(table)
+    return table
+
+
+def _warn_other_cpu(table: LatencyTable) -> None:
+    from profilers.measure import cpu_model
+
+    measured_on = (table.meta.get("device") or {}).get("cpu_model")
+    if measured_on and measured_on != cpu_model():
+        log.warning("warning: %s was measured on %s, not this machine's %s; its latencies describe that device",
+                    table.source, measured_on, cpu_model())

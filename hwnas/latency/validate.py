@@ -1,0 +1,147 @@
+"""Check a latency table against whole networks, and predict one architecture's latency.
+
+`validate` samples random architectures of a space, builds and exports each final network, measures
+them end to end with the runner settings the table was made with (interleaved, the same statistic),
+and compares with the table's predictions: share within +-5% and +-10%, mean absolute percentage
+error, Kendall tau and Spearman rho.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from hwnas.errors import ArchitectureError, HwnasError, LatencyError
+from hwnas.genotypes import load_genotype
+from hwnas.latency.keys import space_keys
+from hwnas.latency.networks import Arch, arch_keys, build_network, input_shape, sample_arch
+from hwnas.latency.table import LatencyTable, load_table
+from hwnas.routed import RoutedArch, is_routed_file, load_routed_arch
+from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
+from profilers import measure as timing
+
+
+def predict(table: LatencyTable, space: RoutingSpace | CellSpace, arch: Arch) -> dict[str, Any]:
+    """Predicted latency of `arch` and its breakdown by part (stem, block, cell, classifier)."""
+    parts = arch_keys(space, arch, table.batch)
+    table.require([k for _, k in parts], space.name)
+    breakdown: dict[str, float] = {}
+    for part, key in parts:
+        breakdown[part] = breakdown.get(part, 0.0) + table.op_ms(key)
+    return {"predicted_ms": table.predict(k for _, k in parts), "call_overhead_ms": table.overhead_ms,
+            "breakdown_ms": breakdown, "table": table.source, "estimator": table.estimator}
+
+
+def network_calls(networks: dict[str, nn.Module], shape: tuple[int, ...], runtime: str, threads: int,
+                  workdir: Path) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
+    """One timed call per network (an ONNX Runtime session on its exported model, or eager PyTorch), and
+    the untimed preparation before each: reading the input, as profilers/ort_runner.py does for ops."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    prepare = {name: x.sum for name in networks}
+    if runtime == "torch":
+        torch.set_num_threads(threads)
+        tensor = torch.from_numpy(x)
+
+        def eager(model: nn.Module) -> Callable[[], object]:
+            def call() -> None:
+                with torch.inference_mode():
+                    model(tensor)
+            return call
+
+        return {name: eager(model) for name, model in networks.items()}, prepare
+    import onnxruntime as ort
+
+    from hwnas.latency.kit import export_onnx
+    from profilers.ort_runner import bound_call
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    calls = {}
+    for name, model in networks.items():
+        path = workdir / f"{name}.onnx"
+        export_onnx(model, shape, path)
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        calls[name] = bound_call(session, x)
+    return calls, prepare
+
+
+def agreement(predicted: list[float], measured: list[float]) -> dict[str, float]:
+    p, m = np.asarray(predicted), np.asarray(measured)
+    error = (p - m) / m
+    return {
+        "within_5pct": float(np.mean(np.abs(error) <= 0.05)), "within_10pct": float(np.mean(np.abs(error) <= 0.10)),
+        "mape_pct": float(np.mean(np.abs(error)) * 100), "mean_error_pct": float(np.mean(error) * 100),
+        "kendall_tau": float(stats.kendalltau(p, m).statistic), "spearman_rho": float(stats.spearmanr(p, m).statistic),
+    }
+
+
+def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, seed: int = 0,
+             plot: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    if samples < 3:
+        raise HwnasError(f"--samples must be at least 3 (for rank correlations), got {samples}")
+    table = load_table(table_path)
+    space = load_space(space_name)
+    table.check_for(space.name, space_keys(space, table.batch))
+    runtime = str(table.meta.get("runtime"))
+    if runtime not in ("onnxruntime", "torch"):
+        raise LatencyError(f"{table.source} was measured with {runtime}; validation runs onnxruntime or torch")
+    if runtime == "torch" and table.meta.get("provider", "cpu") != "cpu":
+        raise LatencyError(f"{table.source} was measured on {table.meta.get('provider')}; validate it on that device")
+    rng = random.Random(seed)
+    archs = {f"arch{i:03d}": sample_arch(space, rng) for i in range(samples)}
+    predicted = {name: predict(table, space, arch)["predicted_ms"] for name, arch in archs.items()}
+    shape = input_shape(space, table.batch)
+    torch.manual_seed(seed)
+    from hwnas.latency.kit import _bar
+
+    with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
+        networks = {name: build_network(space, arch) for name, arch in archs.items()}
+        calls, prepare = network_calls(networks, shape, runtime, int(table.meta["threads"]), Path(tmp))
+        bar, update = _bar("measuring networks", quiet)
+        with bar:
+            results = timing.measure(calls, warmup=int(table.meta.get("warmup", 10)), runs=int(table.meta.get("runs", 50)),
+                                     progress=update, prepare=prepare)
+    measured = {name: results[name][table.estimator] for name in archs}
+    names = list(archs)
+    report = {
+        "table": table.source, "space": space.name, "samples": samples, "seed": seed, "estimator": table.estimator,
+        "runtime": runtime, "threads": int(table.meta["threads"]), "call_overhead_ms": table.overhead_ms,
+        **agreement([predicted[n] for n in names], [measured[n] for n in names]),
+        "networks": [{"name": n, "predicted_ms": predicted[n], "measured_ms": measured[n],
+                      "measured_median_ms": results[n]["median_ms"], "stable": results[n]["stable"],
+                      "arch": archs[n].to_dict()} for n in names],
+    }
+    if plot:
+        from hwnas.plots import plot_predicted_vs_measured
+
+        plot_predicted_vs_measured([predicted[n] for n in names], [measured[n] for n in names], Path(plot),
+                                   f"{space.name}: {samples} random networks ({runtime}, {report['threads']} thread)")
+        report["plot"] = str(plot)
+    return report
+
+
+def load_arch(arch: str | Path) -> Arch:
+    """A routed architecture (zoo name or JSON with `blocks`) or a cell genotype (zoo name or JSON)."""
+    try:
+        return load_routed_arch(arch)
+    except ArchitectureError:
+        if is_routed_file(arch):
+            raise
+        return load_genotype(arch)
+
+
+def predict_command(table_path: str | Path, arch: str | Path, space_name: str | Path | None = None) -> dict[str, Any]:
+    table = load_table(table_path)
+    architecture = load_arch(arch)
+    space = load_space(space_name or (architecture.space if isinstance(architecture, RoutedArch) else table.space))
+    return {"arch": str(arch), "space": space.name, **predict(table, space, architecture)}

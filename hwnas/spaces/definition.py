@@ -1,0 +1,160 @@
+"""Search-space definitions as data (`configs/spaces/*.yaml`), validated on load.
+
+A routing space (DenseNAS, REFERENCE.md section 6) is a list of routing blocks with a width, an
+output feature-map size, a stage and a number of stack layers. Block 0 is the stem's output; the
+final 1x1 block comes after the last block. Which blocks may feed which follows from the numbers
+alone, so any space (224, 32, a user's own) gets its connections, latency keys and supernet.
+
+A cell space describes the final cell network (NetworkCIFAR layout) whose ops a cell method
+chooses, so its latency keys can be profiled too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
+
+from hwnas.config import Strict, format_validation_error, read_yaml, resolve_path
+from hwnas.errors import ConfigError
+from hwnas.ops import MBCONV_OPS, PRIMITIVES, parse_mbconv
+
+SPACES_DIR = "configs/spaces"
+
+
+class RoutingSpace(Strict):
+    kind: Literal["routing"]
+    name: str
+    input_size: int = Field(gt=0)
+    input_channels: int = Field(3, gt=0)
+    num_classes: int = Field(gt=0)
+    stem_op: str = Field("mbconv_k3_t1", description="the fixed op after the stem conv, inside block 0")
+    widths: list[int] = Field(min_length=2)
+    sizes: list[int] = Field(min_length=2, description="output feature-map side of each block")
+    stages: list[int] = Field(min_length=2)
+    stack_layers: list[int] = Field(min_length=2)
+    max_connections: int = Field(4, gt=0, description="block i may feed blocks i+1 .. i+max_connections")
+    head_ops: list[str] = Field(default_factory=lambda: list(MBCONV_OPS), min_length=1)
+    stack_ops: list[str] = Field(default_factory=lambda: [*MBCONV_OPS, "skip_connect"], min_length=1)
+    final_width: int = Field(1984, gt=0, description="the 1x1 conv block before pooling and the classifier")
+
+    @model_validator(mode="after")
+    def _valid(self) -> "RoutingSpace":
+        n = len(self.widths)
+        for field in ("sizes", "stages", "stack_layers"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(f"{field} has {len(getattr(self, field))} entries but widths has {n}")
+        if min(self.widths) <= 0 or min(self.sizes) <= 0 or min(self.stack_layers) < 0:
+            raise ValueError("widths and sizes must be positive and stack_layers non-negative")
+        if any(b < a for a, b in zip(self.stages, self.stages[1:])):
+            raise ValueError(f"stages must not decrease: {self.stages}")
+        if any(a < b for a, b in zip(self.sizes, self.sizes[1:])):
+            raise ValueError(f"sizes must not increase: {self.sizes}")
+        if self.input_size % self.sizes[0] or self.input_size // self.sizes[0] not in (1, 2):
+            raise ValueError(f"the stem maps input_size {self.input_size} to sizes[0] {self.sizes[0]}: "
+                             "it must be the same or half")
+        for name in (self.stem_op, *self.head_ops, *(op for op in self.stack_ops if op != "skip_connect")):
+            parse_mbconv(name)
+        if "skip_connect" in self.head_ops:
+            raise ValueError("head_ops align widths and resolutions: they must be MBConvs, not skip_connect")
+        for block in range(1, n + 1):
+            if not self.sources(block):
+                where = "the final block" if block == n else f"block {block}"
+                raise ValueError(f"no block may feed {where} under the connection rules; check sizes and stages")
+        return self
+
+    @property
+    def num_blocks(self) -> int:
+        """Routing blocks, block 0 (the stem's output) included; index `num_blocks` is the final block."""
+        return len(self.widths)
+
+    @property
+    def final_block(self) -> int:
+        return self.num_blocks
+
+    def width(self, block: int) -> int:
+        return self.final_width if block == self.final_block else self.widths[block]
+
+    def size(self, block: int) -> int:
+        return self.sizes[-1] if block == self.final_block else self.sizes[block]
+
+    def stage(self, block: int) -> int:
+        return self.stages[-1] + 1 if block == self.final_block else self.stages[block]
+
+    @property
+    def stem_stride(self) -> int:
+        return self.input_size // self.sizes[0]
+
+    def stride(self, source: int, target: int) -> int:
+        return self.size(source) // self.size(target)
+
+    def targets(self, source: int) -> list[int]:
+        """Blocks `source` may feed: the next ones up to max_connections, stopping at the first that is
+        more than one stage ahead or whose feature map is not the same or half the size."""
+        found = []
+        for target in range(source + 1, min(source + self.max_connections, self.final_block) + 1):
+            ratio, rest = divmod(self.size(source), self.size(target))
+            if self.stage(target) - self.stage(source) > 1 or rest or ratio not in (1, 2):
+                break
+            found.append(target)
+        return found
+
+    def sources(self, target: int) -> list[int]:
+        return [s for s in range(max(0, target - self.max_connections), target) if target in self.targets(s)]
+
+    def connections(self) -> list[tuple[int, int]]:
+        return [(s, t) for s in range(self.num_blocks) for t in self.targets(s)]
+
+
+class CellSpace(Strict):
+    """The final cell network (NetworkCIFAR layout) whose edges a cell method chooses ops for."""
+
+    kind: Literal["cell"]
+    name: str
+    input_size: int = Field(32, gt=0)
+    input_channels: int = Field(3, gt=0)
+    num_classes: int = Field(10, gt=0)
+    init_channels: int = Field(36, gt=0)
+    layers: int = Field(20, ge=3)
+    nodes: int = Field(4, gt=0)
+    stem_multiplier: int = Field(3, gt=0)
+    primitives: list[str] = Field(default_factory=lambda: list(PRIMITIVES), min_length=1)
+
+    @model_validator(mode="after")
+    def _valid(self) -> "CellSpace":
+        unknown = sorted(set(self.primitives) - set(PRIMITIVES))
+        if unknown:
+            raise ValueError(f"unknown primitives {unknown}; choose from {list(PRIMITIVES)}")
+        if self.input_size % 4:
+            raise ValueError(f"input_size {self.input_size} must be divisible by 4 (two reductions)")
+        return self
+
+
+Space = Annotated[Union[RoutingSpace, CellSpace], Field(discriminator="kind")]
+_SPACE = TypeAdapter(Space)
+
+
+def space_path(name_or_path: str | Path) -> Path:
+    """A space YAML path, or the name of one under configs/spaces/."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return resolve_path(path)
+    return resolve_path(f"{SPACES_DIR}/{name_or_path}.yaml")
+
+
+def load_space(name_or_path: str | Path) -> RoutingSpace | CellSpace:
+    path = space_path(name_or_path)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in resolve_path(SPACES_DIR).glob("*.yaml"))
+        raise ConfigError(f"space {str(name_or_path)!r} not found (looked for {path}); "
+                          f"shipped spaces: {', '.join(shipped)}, or give a YAML file")
+    return parse_space(read_yaml(path), str(path))
+
+
+def parse_space(definition: object, source: str) -> RoutingSpace | CellSpace:
+    """A space from its definition (a YAML file's content, or the copy a kit or table carries)."""
+    try:
+        return _SPACE.validate_python(definition)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None

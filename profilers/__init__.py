@@ -1,0 +1,1 @@
+"""Device-side latency runners (only numpy + onnxruntime for ort_runner.py)."""

@@ -1,0 +1,186 @@
+"""Timing shared by the device-side runners. Needs only the Python standard library and numpy, so it
+runs on a phone, a Raspberry Pi or a Jetson without hwnas or torch.
+
+`measure` times many small callables the way latency tables need:
+- warm-up calls first (caches, allocators, lazy kernel selection);
+- timed calls in interleaved rounds: each round calls every key once, in a fresh random order, so slow
+  drift of the device (frequency scaling, heat, background load) spreads over all keys alike, and
+  each op runs with the caches holding other ops' data, as it does inside a network (timing one op
+  in a tight loop keeps its weights in cache and underestimated small networks by about 10%);
+- statistics per key: median, mean, standard deviation, coefficient of variation, and the 10th
+  percentile `p10_ms`, the latency on a quiet device. Background load and a busy hypervisor only
+  ever add time, so on a shared machine the median of one run can move by 10% against the next
+  while the 10th percentile stays within a few percent; tables predict from `p10_ms`;
+- a key is unstable when its samples spread too much (coefficient of variation above `max_cv`) or
+  its runs disagree (the 10th percentiles of the first to last fifth of the runs differ by more than
+  `max_round_spread`); unstable keys are
+  measured again, up to `remeasure` times, keeping the steadiest set of samples, and are flagged if
+  they never settle.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+RESULT_COLUMNS = ["key", "median_ms", "mean_ms", "std_ms", "count", "cv", "p10_ms", "round_spread", "remeasured",
+                  "stable"]
+QUIET_PERCENTILE = 10
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo, macOS sysctl), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            field, _, value = line.partition(":")
+            if field.strip() in ("model name", "Hardware", "Model", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            import subprocess
+
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or platform.machine()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def describe_device() -> dict[str, object]:
+    """What a reader of the table needs to judge where it came from and how noisy the device was."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu_model": cpu_model(),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu_count": os.cpu_count(),
+        "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
+        "load_average_1min": round(load[0], 2) if load else None,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+
+
+def statistics(samples_s: Iterable[float], groups: int = 5) -> dict[str, float]:
+    """Median, mean, standard deviation (ms), count, coefficient of variation, 10th percentile, and the
+    relative spread of the 10th percentiles of `groups` consecutive equal chunks of the samples."""
+    ms = np.asarray(list(samples_s), dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no samples")
+    median, mean, std = float(np.median(ms)), float(ms.mean()), float(ms.std(ddof=1)) if ms.size > 1 else 0.0
+    chunks = [c for c in np.array_split(ms, max(1, min(groups, ms.size))) if c.size]
+    quiet = float(np.percentile(ms, QUIET_PERCENTILE))
+    per_round = [float(np.percentile(c, QUIET_PERCENTILE)) for c in chunks]
+    spread = (max(per_round) - min(per_round)) / quiet if quiet > 0 else 0.0
+    return {"median_ms": median, "mean_ms": mean, "std_ms": std, "count": int(ms.size),
+            "cv": std / mean if mean > 0 else 0.0, "p10_ms": quiet, "round_spread": spread}
+
+
+def _timed_rounds(calls: dict[str, Callable[[], object]], keys: list[str], runs: int, rng: random.Random,
+                  tick: Callable[[int], None], prepare: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {key: [] for key in keys}
+    clock = time.perf_counter
+    for _ in range(runs):
+        order = keys[:]
+        rng.shuffle(order)
+        for key in order:
+            call = calls[key]
+            if key in prepare:
+                prepare[key]()
+            start = clock()
+            call()
+            samples[key].append(clock() - start)
+        tick(len(order))
+    return samples
+
+
+def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 50, max_cv: float = 0.25,
+            max_round_spread: float = 0.05, remeasure: int = 2, seed: int = 0,
+            progress: Callable[[int, int], None] | None = None,
+            prepare: dict[str, Callable[[], object]] | None = None) -> dict[str, dict[str, float]]:
+    """Statistics per key of `calls` (see the module doc). `progress(done, total)` counts calls made;
+    `prepare[key]()`, if given, runs untimed before each timed call of `key`."""
+    prepare = prepare or {}
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs} warmup={warmup}")
+    rng = random.Random(seed)
+    keys = list(calls)
+    total = len(keys) * (warmup + runs)
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    for key in keys:
+        for _ in range(warmup):
+            calls[key]()
+        tick(warmup)
+    samples = _timed_rounds(calls, keys, runs, rng, tick, prepare)
+    results = {key: {**statistics(s), "remeasured": 0} for key, s in samples.items()}
+
+    def unstable(stats: dict[str, float]) -> bool:
+        return stats["cv"] > max_cv or stats["round_spread"] > max_round_spread
+
+    for attempt in range(1, remeasure + 1):
+        shaky = [key for key in keys if unstable(results[key])]
+        if not shaky:
+            break
+        total += len(shaky) * runs
+        again = _timed_rounds(calls, shaky, runs, rng, tick, prepare)
+        for key in shaky:
+            fresh = statistics(again[key])
+            if fresh["round_spread"] + fresh["cv"] < results[key]["round_spread"] + results[key]["cv"]:
+                results[key] = {**fresh, "remeasured": attempt}
+            else:
+                results[key]["remeasured"] = attempt
+    for stats in results.values():
+        stats["stable"] = not unstable(stats)
+    return results
+
+
+def write_results(path: str | Path, results: dict[str, dict[str, float]]) -> None:
+    """CSV with one row per key (RESULT_COLUMNS), written to a temp file then renamed."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer.writeheader()
+        for key, stats in results.items():
+            writer.writerow({"key": key, **{c: stats[c] for c in RESULT_COLUMNS[1:]}})
+    os.replace(tmp, path)
+
+
+class ProgressPrinter:
+    """Plain progress lines with the time left, for devices without tqdm: at most one every few seconds."""
+
+    def __init__(self, every_s: float = 5.0):
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.every_s = every_s
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic() - self.start
+        if now - self.last < self.every_s and done < total:
+            return
+        self.last = now
+        left = now / max(done, 1) * (total - done)
+        print(f"  {done}/{total} calls, {now:.0f} s elapsed, about {left:.0f} s left", flush=True)

@@ -1,0 +1,138 @@
+"""Measure a profiling kit with ONNX Runtime on the device it runs on.
+
+Needs only Python, numpy and onnxruntime: copy this folder (profilers/) and the kit to the device, run
+
+    python profilers/ort_runner.py KIT_DIR --out results.csv [--threads 1] [--warmup 10] [--runs 50]
+
+and bring results.csv and results.json back for `hwnas profile ingest results.csv --out TABLE`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+if __package__:
+    from . import measure as timing
+else:  # run as a script from a copied profilers/ folder
+    import measure as timing  # type: ignore[no-redef]
+
+KIT_FORMAT = "hwnas-profiling-kit"
+
+
+class KitError(Exception):
+    pass
+
+
+def read_manifest(kit_dir: str | Path) -> dict:
+    path = Path(kit_dir) / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except OSError:
+        raise KitError(f"{path} not found: make a kit with `hwnas profile kit --space SPACE --out {kit_dir}`") from None
+    except ValueError as exc:
+        raise KitError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != KIT_FORMAT or "entries" not in manifest:
+        raise KitError(f"{path} is not an hwnas profiling kit manifest")
+    return manifest
+
+
+def ort_calls(kit_dir: str | Path, manifest: dict, threads: int,
+              provider: str) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
+    """One zero-argument call per kit entry (and the calibration models), each running its own session,
+    and for each a preparation that reads its input, so the input is in cache as the previous op's
+    output is inside a network, while the weights are not."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    rng = np.random.default_rng(0)
+    calls, prepare = {}, {}
+    for entry in [*manifest["entries"], manifest["calibration"], *manifest.get("networks", [])]:
+        session = ort.InferenceSession(str(Path(kit_dir) / entry["file"]), options, providers=[provider])
+        x = rng.standard_normal(entry["input_shape"]).astype(np.float32)
+        calls[entry["key"]] = bound_call(session, x)
+        prepare[entry["key"]] = x.sum
+    return calls, prepare
+
+
+def bound_call(session, x: np.ndarray) -> Callable[[], object]:
+    """A call that runs `session` on `x` into a preallocated output buffer: inside a network an op's output
+    goes to the runtime's own memory, so allocating and copying a fresh result array is not timed."""
+    y = session.run(None, {session.get_inputs()[0].name: x})[0]
+    out = np.empty_like(y)
+    binding = session.io_binding()
+    binding.bind_cpu_input(session.get_inputs()[0].name, x)
+    binding.bind_output(session.get_outputs()[0].name, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+    # keep the buffers alive as long as the call
+    return lambda session=session, binding=binding, x=x, out=out: session.run_with_iobinding(binding)
+
+
+def run_kit(kit_dir: str | Path, out: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50,
+            max_cv: float = 0.25, provider: str = "CPUExecutionProvider",
+            progress: Callable[[int, int], None] | None = None) -> dict:
+    """Measure every model of the kit; write `out` (CSV) and its description beside it (`.json`)."""
+    import onnxruntime as ort
+
+    manifest = read_manifest(kit_dir)
+    if provider not in ort.get_available_providers():
+        raise KitError(f"execution provider {provider} is not available here: {ort.get_available_providers()}")
+    start = time.time()
+    calls, prepare = ort_calls(kit_dir, manifest, threads, provider)
+    results = timing.measure(calls, warmup=warmup, runs=runs, max_cv=max_cv, progress=progress, prepare=prepare)
+    out = Path(out)
+    timing.write_results(out, results)
+    description = {
+        "kit": {k: manifest[k] for k in ("space", "fingerprint", "batch", "dtype", "opset", "hwnas_version")},
+        "space_definition": manifest["space_definition"],
+        "calibration_key": manifest["calibration"]["key"], "networks": manifest.get("networks", []),
+        "device": timing.describe_device(),
+        "runtime": "onnxruntime", "runtime_version": ort.__version__, "provider": provider, "threads": threads,
+        "warmup": warmup, "runs": runs, "max_cv": max_cv,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.time() - start, 1),
+        "unstable_keys": [key for key, stats in results.items() if not stats["stable"]],
+    }
+    out.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
+    return description
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Time every model of an hwnas profiling kit with ONNX Runtime.")
+    parser.add_argument("kit", help="kit folder made by `hwnas profile kit`")
+    parser.add_argument("--out", required=True, help="results CSV (its description goes beside it as .json)")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default 10)")
+    parser.add_argument("--runs", type=int, default=50,
+                        help="timed runs per model, one per interleaved round (default 50)")
+    parser.add_argument("--max-cv", type=float, default=0.25, help="re-measure keys noisier than this")
+    parser.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
+    args = parser.parse_args(argv)
+    if args.threads < 1 or args.runs < 1 or args.warmup < 0:
+        print("ort_runner: error: need --threads >= 1, --runs >= 1, --warmup >= 0", file=sys.stderr)
+        return 2
+    if Path(args.out).exists():
+        print(f"ort_runner: error: {args.out} exists; choose another --out or remove it", file=sys.stderr)
+        return 2
+    try:
+        description = run_kit(args.kit, args.out, args.threads, args.warmup, args.runs, args.max_cv,
+                              args.provider, progress=timing.ProgressPrinter())
+    except KitError as exc:
+        print(f"ort_runner: error: {exc}", file=sys.stderr)
+        return 2
+    unstable = description["unstable_keys"]
+    print(f"wrote {args.out} ({description['seconds']} s); unstable keys: {len(unstable)}"
+          + (f" ({', '.join(unstable[:5])}{' ...' if len(unstable) > 5 else ''})" if unstable else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,13 +22,18 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.runs import RunDir
     from hwnas.search import search
 
-    if args.resume and args.out and not args.config and not args.set:
+    if args.resume and args.out and not args.config and not args.set and not args.table and args.budget_ms is None:
         source, data = f"{args.out}/config.yaml", RunDir.saved_config(args.out)
     else:
         path = args.config or f"configs/search/{args.method}_digits.yaml"
         source, data = str(resolve_path(path)), read_yaml(path)
         data.setdefault("method", {"name": args.method})  # a recipe may leave the method to the command
-    config = build_config(SearchConfig, data, source, args.set)
+    overrides = list(args.set)
+    if args.table:
+        overrides.append(f"method.table={args.table}")
+    if args.budget_ms is not None:
+        overrides += [f"method.budget_ms={args.budget_ms}", "method.latency_loss=budget"]
+    config = build_config(SearchConfig, data, source, overrides)
     if config.method.name != args.method:
         raise HwnasError(f"{source} is a `{config.method.name}` config, not `{args.method}`")
     return search(config, args.out or _default_out(f"search-{args.method}"), resume=args.resume, quiet=args.quiet)
@@ -131,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.epochs=3")
+    p.add_argument("--table", help="latency table CSV (DenseNAS): sets method.table")
+    p.add_argument("--budget-ms", type=float, help="latency budget in ms (DenseNAS): the derived network meets it by the table")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_search, show=lambda r: print(f"architecture:\n{r['arch_text']}\nrun directory: {r['run_dir']}"))

@@ -35,6 +35,7 @@ class DataConfig(Strict):
     root: str | None = Field(None, description="dataset folder; each dataset has a default")
     download: bool = False
     image_size: int | None = Field(None, gt=0, description="input side; each dataset has a default")
+    channels: Literal[3] | None = Field(None, description="3: repeat a gray dataset's channel (for 3-channel spaces)")
     train_portion: float = Field(0.5, gt=0.0, lt=1.0, description="share of train set for weights")
     train_subset: int | None = Field(None, gt=1, description="use only this many training images")
     augment: AugmentConfig = AugmentConfig()
@@ -70,6 +71,9 @@ class SearchLoopConfig(Strict):
     grad_clip: float | None = Field(5.0, gt=0.0, description="weights' gradient norm clip")
     arch_grad_clip: float | None = Field(None, gt=0.0)
     arch_start_epoch: int = Field(0, ge=0, description="epochs of weight-only warm-up")
+    alternate: Literal["step", "epoch"] = Field(
+        "step", description="step: an architecture step beside every weight step; epoch: a whole epoch of "
+                            "weight steps, then as many architecture steps (the DenseNAS release)")
     steps_per_epoch: int | None = Field(None, gt=0, description="cap on weight steps per epoch")
     # NHWC makes depthwise convs ~1.4x faster on CPU, but oneDNN's backward of a 1x1 stride-2 conv on
     # channels_last inputs with fewer than 8 (AVX2) or 16 (AVX-512) input channels crashes or hangs

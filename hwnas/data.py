@@ -135,7 +135,19 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig) -> Dataset:
     loaders = {"digits": _digits, "fashion-mnist": _fashion_mnist, "cifar10": _cifar10, "imagenet": _imagenet}
-    return loaders[cfg.dataset](cfg)
+    dataset = loaders[cfg.dataset](cfg)
+    if cfg.channels and cfg.channels != dataset.channels:
+        dataset = Dataset(dataset.name, _as_rgb(dataset.train), _as_rgb(dataset.test), dataset.num_classes,
+                          cfg.channels, dataset.image_size)
+    return dataset
+
+
+def _as_rgb(source: Source) -> Source:
+    """A gray in-memory dataset with its one channel repeated three times."""
+    if not isinstance(source, InMemoryImages) or source.images.shape[1] != 1:
+        raise DataError("data.channels: 3 repeats the channel of a gray dataset (digits, fashion-mnist) only")
+    return InMemoryImages(source.images.expand(-1, 3, -1, -1).contiguous(), source.labels,
+                          tuple(source.mean.flatten().tolist()) * 3, tuple(source.std.flatten().tolist()) * 3)
 
 
 def _to_size(images: torch.Tensor, size: int) -> torch.Tensor:

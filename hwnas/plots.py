@@ -116,3 +116,21 @@ def plot_predicted_vs_measured(predicted: Sequence[float], measured: Sequence[fl
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_metric_curve(history: Sequence[dict[str, Any]], column: str, label: str, path: Path,
+                      target: float | None = None) -> list[Path]:
+    """A per-epoch value of the metrics (e.g. the expected latency), with an optional target line."""
+    rows = [r for r in history if r.get(column) not in (None, "")]
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["epoch"] for r in rows], [float(r[column]) for r in rows], marker="o", markersize=3)
+    if target:
+        ax.axhline(target, color="tab:red", linestyle="--", label=f"budget {target:g}")
+        ax.legend()
+    ax.set(xlabel="epoch", ylabel=label)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -34,6 +34,10 @@ class RoutedArch:
         """Block indices from block 0 to the block feeding the final 1x1 block."""
         return (0, *(b.block for b in self.blocks))
 
+    def __str__(self) -> str:
+        steps = [f"{b.block}:{b.head}" + (f"[{','.join(b.stack)}]" if b.stack else "") for b in self.blocks]
+        return f"{self.space}: 0 -> " + " -> ".join(steps) + " -> final"
+
     def to_dict(self) -> dict[str, Any]:
         return {"space": self.space,
                 "blocks": [{"block": b.block, "head": b.head, "stack": list(b.stack)} for b in self.blocks]}

@@ -29,7 +29,7 @@ from hwnas.genotypes import Genotype
 from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
 from hwnas.ops import PRIMITIVES
-from hwnas.plots import draw_genotype, plot_arch_weights
+from hwnas.plots import draw_genotype, plot_arch_weights, plot_metric_curve
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
 
 log = logging.getLogger("hwnas.search")
@@ -156,15 +156,20 @@ class SearchLoop:
             model.train()
             bar = tqdm(range(steps), desc=f"{stage} {epoch + 1}/{epochs}", leave=False,
                        disable=self.quiet or not sys.stderr.isatty())
+            by_epoch = recipe.alternate == "epoch"
             for _ in bar:
                 train_batch = self._to_device(next(streams["weights"]))
-                val_batch = self._to_device(next(streams["arch"])) if update_arch else None
-                if update_arch and recipe.order == "arch_first":
+                val_batch = self._to_device(next(streams["arch"])) if update_arch and not by_epoch else None
+                if val_batch is not None and recipe.order == "arch_first":
                     self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
                 loss = self._weight_step(model, weight_opt, train_batch, train_loss, train_acc)
-                if update_arch and recipe.order == "weights_first":
+                if val_batch is not None and recipe.order == "weights_first":
                     self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
                 bar.set_postfix(loss=f"{loss:.3f}")
+            if update_arch and by_epoch:  # then as many architecture steps on the architecture half
+                for _ in range(steps):
+                    val_batch = self._to_device(next(streams["arch"]))
+                    self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
             val_loss, val_acc = evaluate(model, self.dataset.train, self.arch_idx, recipe.batch_size, self.device)
             arch = self.method.derive(model)
             row = {
@@ -207,6 +212,7 @@ class SearchLoop:
             "streams": {name: s.state_dict() for name, s in streams.items()},
             "rng": torch.get_rng_state(),
             "history": self.history,
+            "method": self.method.state_dict(),
         }
         if self.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
@@ -226,6 +232,7 @@ class SearchLoop:
             for name, stream in streams.items():
                 stream.load_state_dict(state["streams"][name])
             torch.set_rng_state(state["rng"])
+            self.method.load_state_dict(state.get("method", {}))
             if "cuda_rng" in state and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         except (KeyError, RuntimeError, ValueError) as exc:
@@ -237,10 +244,10 @@ class SearchLoop:
 
 def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run a search; returns the report (also written to `report.json`, the architecture to `arch.json`)."""
-    run = RunDir.prepare(out, config_to_dict(config), resume)
     started = time.perf_counter()
     dataset = load_dataset(config.data)
     method = get_method(config.method.name)(config, dataset.num_classes, dataset.channels)
+    run = RunDir.prepare(out, config_to_dict(config), resume)
     loop = SearchLoop(config, method, dataset, run, quiet)
     arch = method.run(loop)
     arch_json = arch_to_json(arch)
@@ -248,13 +255,15 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     plots = plot_arch_weights(loop.history, run.path, column_names=PRIMITIVES)
     if isinstance(arch, Genotype):
         plots += draw_genotype(arch, run.path)
+    plots += plot_metric_curve(loop.history, "expected_latency_ms", "expected latency (ms)",
+                               run.path / "expected_latency.png", getattr(config.method, "budget_ms", None))
     last = loop.history[-1] if loop.history else {}
     report = {
         "command": "search",
         "method": config.method.name,
         "run_dir": str(run.path),
         "arch": arch_json,
-        "arch_text": str(arch),
+        **method.describe(arch),
         "dataset": config.data.dataset,
         "epochs": len(loop.history),
         "final": {k: last[k] for k in ("train_acc", "val_acc", "val_loss") if k in last},

@@ -14,27 +14,14 @@ import pytest
 from hwnas.cli import main
 from hwnas.errors import ArchitectureError, ConfigError, LatencyError
 from hwnas.latency.keys import OpKey, build_op, cell_space_keys, genotype_keys, routed_arch_keys, routing_space_keys
-from hwnas.latency.table import load_table, make_table, save_table
+from hwnas.latency.table import load_table, save_table
 from hwnas.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import load_space
 from profilers import measure as timing
 
+from latency_helpers import TINY_SPACE, synthetic_table
+
 ROOT = Path(__file__).resolve().parent.parent
-
-TINY_SPACE = """
-kind: routing
-name: tiny
-input_size: 32
-num_classes: 10
-widths:       [8, 12, 16, 20]
-sizes:        [16, 8, 8, 8]
-stages:       [0, 1, 1, 2]
-stack_layers: [0, 2, 0, 1]
-head_ops: [mbconv_k3_t3, mbconv_k5_t6]
-stack_ops: [mbconv_k3_t3, skip_connect]
-final_width: 32
-"""
-
 
 @pytest.fixture
 def tiny(tmp_path):
@@ -94,18 +81,8 @@ def test_key_fields_and_module_shapes():
     assert build_op(key)(torch.zeros(key.input_shape)).shape == (1, 32, 28, 28)
 
 
-def _synthetic_table(space, overhead=0.5, **meta):
-    keys = routing_space_keys(space)
-    latency = {k.name: float(i + 1) for i, k in enumerate(keys)}
-    results = pd.DataFrame({"key": list(latency), "median_ms": list(latency.values()), "p10_ms": list(latency.values())})
-    results = results.assign(mean_ms=results.median_ms, std_ms=0.1, count=50, cv=0.01).set_index("key")
-    info = {"space": space.name, "batch": 1, "runtime": "onnxruntime", "runtime_version": "x", "threads": 1,
-            "call_overhead_ms": overhead, "estimator": "p10_ms", **meta}
-    return make_table(results, keys, info), latency
-
-
 def test_table_round_trip_and_prediction_sums_the_right_rows(tiny, tmp_path):
-    table, latency = _synthetic_table(tiny)
+    table, latency = synthetic_table(tiny)
     path = save_table(table, tmp_path / "tiny.csv")
     loaded = load_table(path)
     pd.testing.assert_frame_equal(loaded.rows, table.rows, check_dtype=False)
@@ -131,13 +108,13 @@ def test_network_scale_is_fitted_on_calibration_networks(tiny):
     # op sums less the 0.5 ms overhead per op, plus it once: 4.5, 6.0 and 3.0 ms; the median ratio is 0.9
     scale, fits = network_scale(results, networks, overhead=0.5)
     assert scale == pytest.approx(0.9) and fits[1]["ops_sum_ms"] == pytest.approx(6.0)
-    table, latency = _synthetic_table(tiny, network_scale=0.9)
+    table, latency = synthetic_table(tiny, network_scale=0.9)
     keys = routing_space_keys(tiny)[:3]
     assert table.predict(keys) == pytest.approx(0.9 * (sum(latency[k.name] - 0.5 for k in keys) + 0.5))
 
 
 def test_missing_key_names_the_key_and_the_command(tiny):
-    table, _ = _synthetic_table(tiny)
+    table, _ = synthetic_table(tiny)
     with pytest.raises(LatencyError, match=r"lacks 1 key.*mbconv_k7_t6:8x16x16:12.*hwnas profile --space tiny"):
         table.predict([OpKey("mbconv_k7_t6", 8, 12, 16, 2)])
     with pytest.raises(LatencyError, match="batch 1, not 8"):
@@ -158,7 +135,7 @@ def test_missing_key_names_the_key_and_the_command(tiny):
     (lambda df: df.assign(c_in=df.c_in + 1), "does not match its signature"),
 ])
 def test_corrupt_tables_are_clear_errors(tiny, tmp_path, corrupt, message):
-    table, _ = _synthetic_table(tiny)
+    table, _ = synthetic_table(tiny)
     path = save_table(table, tmp_path / "t.csv")
     corrupt(pd.read_csv(path)).to_csv(path, index=False)
     with pytest.raises(LatencyError, match=message):
@@ -166,7 +143,7 @@ def test_corrupt_tables_are_clear_errors(tiny, tmp_path, corrupt, message):
 
 
 def test_unreadable_or_undescribed_tables(tiny, tmp_path):
-    table, _ = _synthetic_table(tiny)
+    table, _ = synthetic_table(tiny)
     path = save_table(table, tmp_path / "t.csv")
     path.write_bytes(b"\x00\xff\x00garbage\n\"unclosed")
     with pytest.raises(LatencyError):
@@ -179,7 +156,7 @@ def test_unreadable_or_undescribed_tables(tiny, tmp_path):
 
 
 def test_table_from_another_cpu_warns(tiny, tmp_path, caplog):
-    table, _ = _synthetic_table(tiny, device={"cpu_model": "Imaginary ARM Cortex-Z9"})
+    table, _ = synthetic_table(tiny, device={"cpu_model": "Imaginary ARM Cortex-Z9"})
     path = save_table(table, tmp_path / "t.csv")
     with caplog.at_level("WARNING", logger="hwnas"):
         load_table(path)
@@ -344,8 +321,37 @@ def test_torch_runner_and_backend(tiny, tmp_path):
 
 
 def test_profile_refuses_to_overwrite_a_table(tiny, tmp_path, capsys):
-    table, _ = _synthetic_table(tiny)
+    table, _ = synthetic_table(tiny)
     path = save_table(table, tmp_path / "t.csv")
     before = path.read_bytes()
     assert main(["profile", "--space", str(tmp_path / "tiny.yaml"), "--out", str(path), "--quiet"]) == 2
     assert "exists" in capsys.readouterr().err and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("space_name", ["densenas_224", "densenas_32", "darts_cifar10"])
+def test_shipped_tables_cover_their_spaces(space_name):
+    from hwnas.latency.keys import space_keys
+
+    table = load_table(ROOT / "latency_tables" / "amd-epyc-2core-ort-1thread" / f"{space_name}.csv")
+    space = load_space(space_name)
+    table.check_for(space.name, space_keys(space), runtime="onnxruntime")
+    assert (table.batch, table.meta["threads"], table.estimator) == (1, 1, "p10_ms")
+    assert 0.5 < table.scale < 1.2 and len(table.meta["calibration_networks"]) == 8
+
+
+@pytest.mark.slow
+def test_ort_runner_in_a_fresh_venv_with_only_numpy_and_onnxruntime(tiny, tmp_path):
+    """The real device setup: a new virtual environment with numpy and onnxruntime from the package index."""
+    from hwnas.latency.kit import build_kit
+
+    build_kit(tiny, tmp_path / "kit")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "numpy", "onnxruntime"], check=True, timeout=900)
+    assert subprocess.run([python, "-c", "import torch"], capture_output=True).returncode != 0
+    proc = subprocess.run([python, str(ROOT / "profilers" / "ort_runner.py"), str(tmp_path / "kit"), "--out",
+                           str(tmp_path / "r.csv"), "--runs", "5", "--warmup", "1"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert main(["profile", "ingest", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t.csv")]) == 0

@@ -94,54 +94,54 @@ def build_op(key: OpKey) -> nn.Module:
 
 # ---- routing spaces ----
 
-def _stem_keys(space: RoutingSpace, batch: int) -> list[OpKey]:
+def stem_keys(space: RoutingSpace, batch: int) -> list[OpKey]:
     w0 = space.widths[0]
     return [OpKey("conv3x3_bn_relu6", space.input_channels, w0, space.input_size, space.stem_stride, batch),
             OpKey(space.stem_op, w0, w0, space.sizes[0], 1, batch)]
 
 
-def _head_key(space: RoutingSpace, op: str, source: int, target: int, batch: int) -> OpKey:
+def head_key(space: RoutingSpace, op: str, source: int, target: int, batch: int) -> OpKey:
     return OpKey(op, space.width(source), space.width(target), space.size(source), space.stride(source, target), batch)
 
 
-def _stack_key(space: RoutingSpace, op: str, block: int, batch: int) -> OpKey:
+def stack_key(space: RoutingSpace, op: str, block: int, batch: int) -> OpKey:
     return OpKey(op, space.width(block), space.width(block), space.size(block), 1, batch)
 
 
-def _final_key(space: RoutingSpace, source: int, batch: int) -> OpKey:
+def final_key(space: RoutingSpace, source: int, batch: int) -> OpKey:
     return OpKey("conv1x1_bn_relu6", space.width(source), space.final_width, space.size(source), 1, batch)
 
 
-def _classifier_key(space: RoutingSpace, batch: int) -> OpKey:
+def classifier_key(space: RoutingSpace, batch: int) -> OpKey:
     return OpKey("gap_linear", space.final_width, space.num_classes, space.sizes[-1], 1, batch)
 
 
 def routing_space_keys(space: RoutingSpace, batch: int = 1) -> list[OpKey]:
     """The stem, every head op on every connection, every stack op at every block, every final 1x1
     branch and the classifier."""
-    keys = _stem_keys(space, batch)
+    keys = stem_keys(space, batch)
     for source, target in space.connections():
         if target == space.final_block:
-            keys.append(_final_key(space, source, batch))
+            keys.append(final_key(space, source, batch))
         else:
-            keys += [_head_key(space, op, source, target, batch) for op in space.head_ops]
+            keys += [head_key(space, op, source, target, batch) for op in space.head_ops]
     for block in range(space.num_blocks):
         if space.stack_layers[block]:
-            keys += [_stack_key(space, op, block, batch) for op in space.stack_ops if op != "skip_connect"]
-    keys.append(_classifier_key(space, batch))
+            keys += [stack_key(space, op, block, batch) for op in space.stack_ops if op != "skip_connect"]
+    keys.append(classifier_key(space, batch))
     return _unique(keys)
 
 
 def routed_arch_keys(space: RoutingSpace, arch: RoutedArch, batch: int = 1) -> list[tuple[str, OpKey]]:
     """(part, key) for every op of the final network of `arch`; part names the block for a breakdown."""
     arch.check(space)
-    parts = [("stem", key) for key in _stem_keys(space, batch)]
+    parts = [("stem", key) for key in stem_keys(space, batch)]
     for prev, b in zip(arch.path, arch.blocks):
         part = f"block {b.block} [{space.width(prev)},{space.width(b.block)}]"
-        parts.append((part, _head_key(space, b.head, prev, b.block, batch)))
-        parts += [(part, _stack_key(space, op, b.block, batch)) for op in b.stack]
-    parts.append(("final 1x1", _final_key(space, arch.path[-1], batch)))
-    parts.append(("classifier", _classifier_key(space, batch)))
+        parts.append((part, head_key(space, b.head, prev, b.block, batch)))
+        parts += [(part, stack_key(space, op, b.block, batch)) for op in b.stack]
+    parts.append(("final 1x1", final_key(space, arch.path[-1], batch)))
+    parts.append(("classifier", classifier_key(space, batch)))
     return parts
 
 

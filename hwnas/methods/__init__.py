@@ -9,6 +9,7 @@ A method plugs into the shared loop through `SearchMethod`:
 - `after_arch_step` -- anything after the architecture optimiser step;
 - `derive` -- the architecture the current weights stand for;
 - `report` -- method-specific entries for the run's report;
+- `state_dict` / `load_state_dict` -- the method's own state (a multiplier, a curve), checkpointed;
 - `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
 """
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 # method name -> "module:class" under hwnas.methods
 _REGISTRY = {
     "darts": "darts:Darts",
+    "densenas": "densenas:DenseNas",
     "gdas": "gdas:Gdas",
     "gdas-frc": "gdas:GdasFrc",
     "pcdarts": "pcdarts:PcDarts",
@@ -98,6 +100,16 @@ class SearchMethod:
     def report(self) -> dict[str, Any]:
         """Method-specific entries for `report.json`."""
         return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def describe(self, arch: Any) -> dict[str, Any]:
+        """How the report shows the derived architecture (`arch_text`, and anything else worth saying)."""
+        return {"arch_text": str(arch)}
 
     def run(self, loop: "SearchLoop") -> Any:
         model = loop.run_stage("search", self.build_supernet)

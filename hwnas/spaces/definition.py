@@ -47,6 +47,8 @@ class RoutingSpace(Strict):
                 raise ValueError(f"{field} has {len(getattr(self, field))} entries but widths has {n}")
         if min(self.widths) <= 0 or min(self.sizes) <= 0 or min(self.stack_layers) < 0:
             raise ValueError("widths and sizes must be positive and stack_layers non-negative")
+        if self.stack_layers[0]:
+            raise ValueError("stack_layers[0] must be 0: block 0 is the stem's output")
         if any(b < a for a, b in zip(self.stages, self.stages[1:])):
             raise ValueError(f"stages must not decrease: {self.stages}")
         if any(a < b for a, b in zip(self.sizes, self.sizes[1:])):

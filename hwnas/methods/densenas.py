@@ -1,0 +1,200 @@
+"""DenseNAS (Fang et al., 2020): densely connected routing search with a latency loss
+(REFERENCE.md sections 6 and 8).
+
+What makes DenseNAS DenseNAS, on the shared loop:
+
+- **The routing supernet** (`hwnas/spaces/routing.py`): every routing path is evaluated in each
+  forward pass, blocks weighted by the betas of their sources' outgoing connections.
+- **Sampling** (ProxylessNAS style). Weight steps run one op per mixed op: uniformly before the
+  architecture updates start, then drawn from softmax(alpha). Architecture steps draw two distinct
+  ops per mixed op and weigh them by the softmax over those two alphas. After each Adam step the two
+  sampled alphas are shifted by log(sum exp(old)) - log(sum exp(new)), so the ops not sampled keep
+  their share of probability.
+- **Latency as a loss** (`hwnas/latency/cost.py`): the chained expected latency LAT from the table,
+  differentiable in betas and alphas, enters architecture steps only:
+    `densenas`: CE + lambda * log(LAT) / log(tau)         (the release: lambda 0.15, tau 15 ms)
+    `budget`:   CE + mu * (LAT / B - 1)                   (B = budget_ms)
+  In `budget` mode mu is a Lagrange multiplier for LAT = B, updated by dual ascent after every
+  architecture step, mu += dual_lr * (LAT / B - 1): it grows while the supernet is slower than the
+  budget and falls, below zero, while it is faster, so LAT is driven to B from either side without
+  tuning a trade-off by hand.
+- **Derivation** (`hwnas/derive.py`): Viterbi path selection; with a budget, the most probable
+  architecture whose table latency is at most B, so the derived network never exceeds the budget by
+  the table.
+
+The release alternates whole epochs of weight and architecture updates (`search.alternate: epoch`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from hwnas.config import MethodConfig, resolve_path
+from hwnas.derive import RoutingWeights, budget_viterbi, viterbi
+from hwnas.errors import ConfigError, HwnasError
+from hwnas.latency.cost import RoutingCost
+from hwnas.latency.table import load_table
+from hwnas.methods import SearchMethod
+from hwnas.routed import RoutedArch
+from hwnas.spaces.definition import RoutingSpace, load_space
+from hwnas.spaces.routing import RoutingSupernet
+
+
+class DenseNasOptions(MethodConfig):
+    name: Literal["densenas"] = "densenas"
+    space: str = Field("densenas_32", description="routing space: a name under configs/spaces/ or a YAML file")
+    table: str | None = Field(None, description="latency table CSV for the space (needed unless latency_loss: none)")
+    latency_loss: Literal["densenas", "budget", "none"] = "densenas"
+    lambda_: float = Field(0.15, alias="lambda", gt=0.0, description="densenas loss weight")
+    tau_ms: float = Field(15.0, gt=1.0, description="densenas loss: log(LAT) / log(tau)")
+    budget_ms: float | None = Field(None, gt=0.0, description="latency budget (ms) for `budget` mode")
+    dual_lr: float = Field(0.05, gt=0.0, description="budget mode: step of the multiplier's dual ascent")
+
+    model_config = {**MethodConfig.model_config, "populate_by_name": True}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DenseNasOptions":
+        if self.latency_loss == "budget" and self.budget_ms is None:
+            raise ValueError("latency_loss: budget needs budget_ms (or --budget-ms)")
+        if self.latency_loss != "none" and self.table is None:
+            raise ValueError(f"latency_loss: {self.latency_loss} needs a latency table (method.table or --table)")
+        return self
+
+
+def sample_ops(alphas: torch.Tensor, count: int, uniform: bool, generator: torch.Generator | None = None) -> list[int]:
+    """`count` distinct op indices, uniformly or in proportion to softmax(alphas)."""
+    probs = torch.ones_like(alphas) if uniform else F.softmax(alphas.detach(), dim=-1)
+    return torch.multinomial(probs, count, replacement=False, generator=generator).tolist()
+
+
+def rescale_sampled(alphas: torch.Tensor, before: torch.Tensor, sampled: list[int]) -> None:
+    """Shift the sampled alphas so their total softmax mass is what it was before the step."""
+    with torch.no_grad():
+        idx = torch.tensor(sampled)
+        offset = torch.logsumexp(before[idx], 0) - torch.logsumexp(alphas[idx], 0)
+        alphas[idx] += offset
+
+
+class DenseNas(SearchMethod):
+    name = "densenas"
+    Options = DenseNasOptions
+
+    def __init__(self, config, num_classes: int, in_channels: int):
+        super().__init__(config, num_classes, in_channels)
+        space = load_space(self.options.space)
+        if not isinstance(space, RoutingSpace):
+            raise ConfigError(f"method.space: {space.name} is a {space.kind} space; DenseNAS searches routing spaces")
+        if in_channels != space.input_channels:
+            raise ConfigError(f"the data has {in_channels} channel(s) but {space.name} takes {space.input_channels}; "
+                              f"set data.channels: {space.input_channels}")
+        self.space = space
+        self.cost = RoutingCost(space, load_table(resolve_path(self.options.table))) if self.options.table else None
+        if self.cost and self.options.latency_loss == "budget":
+            low, high = self.cost.bounds()
+            if self.options.budget_ms < low:
+                raise HwnasError(f"a budget of {self.options.budget_ms:g} ms is below the smallest latency any "
+                                 f"{space.name} network has with this table ({low:.3f} ms); the feasible range is "
+                                 f"{low:.3f} to {high:.3f} ms")
+        self.mu = 0.0
+        self.arch_updates_started = False
+        self._sampled: dict[str, list[int]] = {}
+        self._before: dict[str, torch.Tensor] = {}
+        self.latency_history: list[float] = []
+
+    def build_supernet(self) -> nn.Module:
+        return RoutingSupernet(self.space, self.num_classes)
+
+    # ---- hooks ----
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
+        self.arch_updates_started = epoch >= self.config.search.arch_start_epoch
+        extra: dict[str, float] = {}
+        if self.cost:
+            with torch.no_grad():
+                extra["expected_latency_ms"] = float(self.cost.expected(model))
+            self.latency_history.append(extra["expected_latency_ms"])
+        if self.options.latency_loss == "budget":
+            extra["mu"] = self.mu
+        return extra
+
+    def _sample(self, model: RoutingSupernet, count: int) -> None:
+        """Choose the ops each mixed op runs in the next forward pass."""
+        for name, (op, alphas) in model.mixed_ops().items():
+            sampled = sample_ops(alphas, count, uniform=count == 1 and not self.arch_updates_started)
+            op.active = sampled
+            op.weights = F.softmax(alphas[sampled], dim=-1) if count > 1 else None
+            self._sampled[name] = sampled
+
+    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._sample(model, 1)
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._sample(model, 2)
+        self._before = {name: alphas.detach().clone() for name, (_, alphas) in model.mixed_ops().items()}
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if self.cost and self.options.latency_loss != "none":
+            latency = self.cost.expected(model)
+            self._latency = latency.item()
+            if self.options.latency_loss == "densenas":
+                loss = loss + self.options.lambda_ * torch.log(latency) / math.log(self.options.tau_ms)
+            else:
+                loss = loss + self.mu * (latency / self.options.budget_ms - 1)
+        return loss, logits
+
+    def after_arch_step(self, model: nn.Module) -> None:
+        for name, (_, alphas) in model.mixed_ops().items():
+            rescale_sampled(alphas, self._before[name], self._sampled[name])
+        if self.options.latency_loss == "budget":
+            self.mu += self.options.dual_lr * (self._latency / self.options.budget_ms - 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mu": self.mu, "latency_history": list(self.latency_history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mu = float(state["mu"])
+        self.latency_history = [float(v) for v in state["latency_history"]]
+
+    # ---- architecture ----
+    def weights(self, model: RoutingSupernet) -> RoutingWeights:
+        space = self.space
+        with torch.no_grad():
+            return RoutingWeights(
+                edges={b: model.edge_probs(b).tolist() for b in range(space.num_blocks)},
+                heads={(j, i): F.softmax(model.head_alphas(j, i), -1).tolist()
+                       for j in range(1, space.num_blocks) for i in space.sources(j)},
+                stacks={j: [F.softmax(a, -1).tolist() for a in model.stack_alphas(j)]
+                        for j in range(1, space.num_blocks) if space.stack_layers[j]})
+
+    def derive(self, model: nn.Module) -> RoutedArch:
+        weights = self.weights(model)
+        if self.options.latency_loss == "budget" and self.cost:
+            return budget_viterbi(self.space, weights, self.cost, self.options.budget_ms)
+        return viterbi(self.space, weights)
+
+    def arch_weights(self, model: nn.Module) -> dict[str, list]:
+        weights = self.weights(model)
+        return {"head": list(weights.heads.values()), "stack": [l for ls in weights.stacks.values() for l in ls]}
+
+    def report(self) -> dict[str, Any]:
+        return {"space": self.space.name, "latency_loss": self.options.latency_loss,
+                "budget_ms": self.options.budget_ms, "expected_latency_ms_by_epoch": self.latency_history,
+                **({"mu": self.mu} if self.options.latency_loss == "budget" else {})}
+
+    def describe(self, arch: RoutedArch) -> dict[str, Any]:
+        """The derived architecture's text and, with a table, its latency by block."""
+        out: dict[str, Any] = {"arch_text": arch.format(self.space)}
+        if self.cost:
+            from hwnas.latency.validate import predict
+
+            prediction = predict(self.cost.table, self.space, arch)
+            out.update(predicted_latency_ms=prediction["predicted_ms"], latency_breakdown_ms=prediction["breakdown_ms"],
+                       feasible_latency_ms=list(self.cost.bounds()))
+        return out

@@ -1,0 +1,121 @@
+"""The DenseNAS routing supernet (REFERENCE.md section 6) for any routing space definition.
+
+Block 0 is the stem's output. Every later block j has one head layer per candidate input i (an MBConv
+mixed op mapping block i's width and resolution to block j's) and its stack layers (MBConv or skip
+mixed ops). The input of block j is the sum over its sources i of softmax(betas_i)[j] * head_ji(out_i):
+every routing path is evaluated in every forward pass. The final 1x1 block sums its branches the
+same way. Search BN has no affine parameters, eps 1e-3, momentum 0.1.
+
+Architecture weights live in the module state: `betas.<i>` over block i's outgoing connections,
+`alphas.head.<j>.<i>` over the head ops of block j's branch from block i, `alphas.stack.<j>.<l>` over
+the stack ops of layer l of block j.
+
+Which ops a mixed op runs is set from outside before each forward pass (`MixedMobileOp.active`): the
+DenseNAS method samples one op for weight steps and two for architecture steps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hwnas.ops import BN_EPS_MOBILE, ConvBNReLU6, mobile_op
+from hwnas.spaces.definition import RoutingSpace
+
+
+def _search_bn(module: nn.Module) -> nn.Module:
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 0.1
+            m.eps = BN_EPS_MOBILE
+    return module
+
+
+class MixedMobileOp(nn.Module):
+    """Candidate ops of one layer; `active` holds the indices to run, weighted by `weights` (None: 1)."""
+
+    def __init__(self, names: list[str], C_in: int, C_out: int, stride: int):
+        super().__init__()
+        self.names = list(names)
+        self.ops = nn.ModuleList(_search_bn(mobile_op(n, C_in, C_out, stride, affine=False)) for n in names)
+        self.active: list[int] = [0]
+        self.weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = [self.ops[i](x) for i in self.active]
+        if self.weights is None:
+            return outputs[0] if len(outputs) == 1 else sum(outputs)
+        return sum(w * out for w, out in zip(self.weights, outputs))
+
+
+class RoutingSupernet(nn.Module):
+    def __init__(self, space: RoutingSpace, num_classes: int, init_scale: float = 1e-3):
+        super().__init__()
+        self.space = space
+        w0 = space.widths[0]
+        self.stem = _search_bn(nn.Sequential(
+            ConvBNReLU6(space.input_channels, w0, 3, space.stem_stride, affine=False),
+            mobile_op(space.stem_op, w0, w0, 1, affine=False)))
+        self.heads = nn.ModuleDict()
+        self.stacks = nn.ModuleDict()
+        for j in range(1, space.num_blocks):
+            for i in space.sources(j):
+                self.heads[f"{j}_{i}"] = MixedMobileOp(space.head_ops, space.width(i), space.width(j), space.stride(i, j))
+            if space.stack_layers[j]:
+                self.stacks[str(j)] = nn.ModuleList(
+                    MixedMobileOp(space.stack_ops, space.width(j), space.width(j), 1)
+                    for _ in range(space.stack_layers[j]))
+        final = space.final_block
+        self.final = nn.ModuleDict({str(i): ConvBNReLU6(space.width(i), space.final_width, 1, 1, affine=False)
+                                    for i in space.sources(final)})
+        _search_bn(self.final)
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(space.final_width, num_classes))
+
+        self.betas = nn.ParameterDict({
+            str(i): nn.Parameter(init_scale * torch.randn(len(space.targets(i))))
+            for i in range(space.num_blocks)})
+        self.alphas = nn.ParameterDict()
+        for key in self.heads:
+            self.alphas[f"head_{key}"] = nn.Parameter(init_scale * torch.randn(len(space.head_ops)))
+        for j, layers in self.stacks.items():
+            for layer in range(len(layers)):
+                self.alphas[f"stack_{j}_{layer}"] = nn.Parameter(init_scale * torch.randn(len(space.stack_ops)))
+
+    # ---- parameters ----
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [*self.betas.values(), *self.alphas.values()]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def mixed_ops(self) -> dict[str, tuple[MixedMobileOp, nn.Parameter]]:
+        """Every mixed op with its alphas, by alpha name."""
+        ops = {f"head_{key}": op for key, op in self.heads.items()}
+        ops.update({f"stack_{j}_{l}": op for j, layers in self.stacks.items() for l, op in enumerate(layers)})
+        return {name: (op, self.alphas[name]) for name, op in ops.items()}
+
+    def edge_probs(self, source: int) -> torch.Tensor:
+        """softmax(betas) over the outgoing connections of block `source`, in `space.targets` order."""
+        return F.softmax(self.betas[str(source)], dim=-1)
+
+    def head_alphas(self, target: int, source: int) -> nn.Parameter:
+        return self.alphas[f"head_{target}_{source}"]
+
+    def stack_alphas(self, block: int) -> list[nn.Parameter]:
+        return [self.alphas[f"stack_{block}_{l}"] for l in range(self.space.stack_layers[block])]
+
+    # ---- forward: every routing path ----
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        space = self.space
+        probs = {i: self.edge_probs(i) for i in range(space.num_blocks)}
+        outputs = {0: self.stem(x)}
+        for j in range(1, space.num_blocks):
+            h = sum(probs[i][space.targets(i).index(j)] * self.heads[f"{j}_{i}"](outputs[i]) for i in space.sources(j))
+            for layer in self.stacks[str(j)] if str(j) in self.stacks else ():
+                h = layer(h)
+            outputs[j] = h
+        final = space.final_block
+        h = sum(probs[i][space.targets(i).index(final)] * self.final[str(i)](outputs[i]) for i in space.sources(final))
+        return self.classifier(h)

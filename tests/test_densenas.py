@@ -1,0 +1,232 @@
+"""DenseNAS: the routing supernet, the chained latency cost, Viterbi and the budget (issue 5)."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hwnas.derive import RoutingWeights, budget_viterbi, viterbi
+from hwnas.errors import HwnasError
+from hwnas.latency.cost import RoutingCost
+from hwnas.latency.keys import routed_arch_keys
+from hwnas.methods.densenas import rescale_sampled, sample_ops
+from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.spaces.definition import load_space
+from hwnas.spaces.routing import RoutingSupernet
+
+from latency_helpers import TINY_SPACE, synthetic_table
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return load_space(path)
+
+
+@pytest.fixture
+def supernet(tiny):
+    torch.manual_seed(0)
+    model = RoutingSupernet(tiny, 10)
+    with torch.no_grad():  # spread the weights so every choice matters
+        for p in model.arch_parameters():
+            p.copy_(torch.randn_like(p))
+    return model
+
+
+def all_archs(space):
+    """Every (path, head ops, stack op indices) of the tiny space, with its RoutedArch."""
+    def paths(block):
+        if block == space.final_block:
+            yield [block]
+            return
+        for t in space.targets(block):
+            for rest in paths(t):
+                yield [block, *rest]
+
+    for path in paths(0):
+        blocks = path[1:-1]
+        for heads in itertools.product(range(len(space.head_ops)), repeat=len(blocks)):
+            layer_choices = [itertools.product(range(len(space.stack_ops)), repeat=space.stack_layers[b]) for b in blocks]
+            for stacks in itertools.product(*layer_choices):
+                arch = RoutedArch(space.name, tuple(
+                    RoutedBlock(b, space.head_ops[h], tuple(space.stack_ops[o] for o in s if space.stack_ops[o] != "skip_connect"))
+                    for b, h, s in zip(blocks, heads, stacks)))
+                yield path, heads, stacks, arch
+
+
+def probability(space, model, path, heads, stacks):
+    p = 1.0
+    for a, k in zip(path, path[1:]):
+        p *= float(model.edge_probs(a)[space.targets(a).index(k)])
+    for a, k, h, s in zip(path, path[1:], heads, stacks):
+        p *= float(F.softmax(model.head_alphas(k, a), -1)[h])
+        for layer, o in enumerate(s):
+            p *= float(F.softmax(model.stack_alphas(k)[layer], -1)[o])
+    return p
+
+
+def test_expected_latency_is_the_expectation_over_all_architectures(tiny, supernet):
+    table, _ = synthetic_table(tiny)
+    cost = RoutingCost(tiny, table)
+    with torch.no_grad():
+        by_hand = sum(probability(tiny, supernet, path, heads, stacks) * cost.exact(arch)
+                      for path, heads, stacks, arch in all_archs(tiny))
+        assert float(cost.expected(supernet)) == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_one_hot_weights_give_the_exact_latency(tiny, supernet):
+    table, latency = synthetic_table(tiny)
+    cost = RoutingCost(tiny, table)
+    arch = RoutedArch("tiny", (RoutedBlock(1, "mbconv_k5_t6", ("mbconv_k3_t3",)), RoutedBlock(3, "mbconv_k3_t3")))
+    with torch.no_grad():
+        for p in supernet.arch_parameters():
+            p.fill_(-1e4)
+        supernet.betas["0"][0] = supernet.betas["1"][1] = supernet.betas["3"][0] = 0.0   # 0 -> 1 -> 3 -> final
+        supernet.betas["2"][0] = 0.0
+        supernet.alphas["head_1_0"][1] = supernet.alphas["head_3_1"][0] = 0.0
+        supernet.alphas["head_2_0"][0] = supernet.alphas["head_2_1"][0] = supernet.alphas["head_3_2"][0] = 0.0
+        supernet.alphas["stack_1_0"][0] = supernet.alphas["stack_1_1"][1] = supernet.alphas["stack_3_0"][1] = 0.0
+    expected = cost.expected(supernet).item()
+    # the table's prediction: each row less the 0.5 ms call overhead, plus the overhead once
+    by_table = sum(latency[k.name] - 0.5 for _, k in routed_arch_keys(tiny, arch)) + 0.5
+    assert expected == pytest.approx(by_table, rel=1e-6) and cost.exact(arch) == pytest.approx(by_table)
+
+
+def test_latency_gradients_reach_betas_and_alphas(tiny, supernet):
+    cost = RoutingCost(tiny, synthetic_table(tiny)[0])
+    cost.expected(supernet).backward()
+    for name, p in [*supernet.betas.items(), *supernet.alphas.items()]:
+        if p.numel() > 1:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def weights_of(space, model):
+    with torch.no_grad():
+        return RoutingWeights(
+            edges={b: model.edge_probs(b).tolist() for b in range(space.num_blocks)},
+            heads={(j, i): F.softmax(model.head_alphas(j, i), -1).tolist() for j in range(1, space.num_blocks)
+                   for i in space.sources(j)},
+            stacks={j: [F.softmax(a, -1).tolist() for a in model.stack_alphas(j)]
+                    for j in range(1, space.num_blocks) if space.stack_layers[j]})
+
+
+def test_viterbi_finds_the_most_probable_path(tiny, supernet):
+    w = weights_of(tiny, supernet)
+    arch = viterbi(tiny, w)
+    best_path = max({tuple(path) for path, *_ in all_archs(tiny)},
+                    key=lambda path: math.prod(w.edges[a][tiny.targets(a).index(k)] for a, k in zip(path, path[1:])))
+    assert arch.path == best_path[:-1]
+    for prev, block in zip(arch.path, arch.blocks):  # argmax ops, skip layers dropped
+        head = w.heads[block.block, prev]
+        assert block.head == tiny.head_ops[head.index(max(head))]
+        argmax = [tiny.stack_ops[l.index(max(l))] for l in w.stacks.get(block.block, [])]
+        assert block.stack == tuple(op for op in argmax if op != "skip_connect")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6, 1.0])
+def test_budget_viterbi_is_the_best_architecture_under_the_budget(tiny, supernet, fraction):
+    cost = RoutingCost(tiny, synthetic_table(tiny)[0])
+    w = weights_of(tiny, supernet)
+    low, high = cost.bounds()
+    budget = low + fraction * (high - low)
+
+    def score(path, heads, stacks):  # log P(path) + sum of log(p(op) / p(argmax op))
+        s = sum(math.log(w.edges[a][tiny.targets(a).index(k)]) for a, k in zip(path, path[1:]))
+        for a, k, h, st in zip(path, path[1:], heads, stacks):
+            s += math.log(w.heads[k, a][h] / max(w.heads[k, a]))
+            s += sum(math.log(w.stacks[k][l][o] / max(w.stacks[k][l])) for l, o in enumerate(st))
+        return s
+
+    feasible = [(score(p, h, s), arch) for p, h, s, arch in all_archs(tiny) if cost.exact(arch) <= budget + 1e-9]
+    best_score, _ = max(feasible, key=lambda f: f[0])
+    arch = budget_viterbi(tiny, w, cost, budget + 1e-9)
+    assert cost.exact(arch) <= budget + 1e-9
+    assert max(s for s, a in feasible if a == arch) == pytest.approx(best_score)
+    if fraction == 1.0:  # no binding budget: the plain Viterbi answer
+        assert arch == viterbi(tiny, w)
+
+
+def test_bounds_are_the_cheapest_and_dearest_architectures(tiny):
+    cost = RoutingCost(tiny, synthetic_table(tiny)[0])
+    latencies = [cost.exact(arch) for *_, arch in all_archs(tiny)]
+    assert cost.bounds() == (pytest.approx(min(latencies)), pytest.approx(max(latencies)))
+
+
+def test_infeasible_budget_names_the_smallest_latency(tiny, supernet):
+    cost = RoutingCost(tiny, synthetic_table(tiny)[0])
+    low, _ = cost.bounds()
+    with pytest.raises(HwnasError, match=f"smallest feasible latency with this table is {low:.3f} ms"):
+        budget_viterbi(tiny, weights_of(tiny, supernet), cost, low * 0.9)
+
+
+def test_budget_search_end_to_end_meets_the_budget(tiny, tmp_path):
+    import json
+
+    from hwnas.cli import main
+    from hwnas.latency.table import save_table
+
+    table, _ = synthetic_table(tiny)
+    save_table(table, tmp_path / "tiny.csv")
+    cost = RoutingCost(tiny, table)
+    low, high = cost.bounds()
+    budget = low + 0.4 * (high - low)
+    args = ["search", "densenas", "--out", str(tmp_path / "run"), "--table", str(tmp_path / "tiny.csv"),
+            "--budget-ms", str(budget), "--json", "--quiet",
+            "--set", f"method.space={tmp_path / 'tiny.yaml'}", "--set", "search.epochs=2",
+            "--set", "search.arch_start_epoch=1", "--set", "search.steps_per_epoch=2", "--set", "search.batch_size=8"]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    arch = RoutedArch.from_dict(report["arch"]).check(tiny)
+    assert report["predicted_latency_ms"] == pytest.approx(cost.exact(arch)) and cost.exact(arch) <= budget
+    assert len(report["expected_latency_ms_by_epoch"]) == 2 and (tmp_path / "run" / "expected_latency.png").is_file()
+
+
+def test_infeasible_budget_fails_before_the_search(tmp_path, capsys):
+    from hwnas.cli import main
+
+    out = tmp_path / "run"
+    assert main(["search", "densenas", "--budget-ms", "0.001", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "smallest latency" in err and "feasible range" in err
+    assert not out.exists()
+
+
+def test_rescale_keeps_the_mass_of_unsampled_ops():
+    before = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    after = before.clone()
+    after[[0, 2]] += torch.tensor([0.7, -0.3])  # an optimiser step moved the two sampled alphas
+    rescale_sampled(after, before, [0, 2])
+    p_before, p_after = F.softmax(before, 0), F.softmax(after, 0)
+    assert torch.allclose(p_after[[1, 3]], p_before[[1, 3]], atol=1e-6)
+    assert p_after[0] / p_after[2] == pytest.approx(float(torch.exp(after[0] - after[2])))
+    assert sorted(sample_ops(before, 2, uniform=False)) != [] and len(set(sample_ops(before, 4, True))) == 4
+
+
+def test_supernet_forward_runs_every_path(tiny, supernet):
+    x = torch.randn(2, 3, 32, 32)
+    for name, (op, alphas) in supernet.mixed_ops().items():
+        op.active = [0]
+    logits = supernet(x)
+    logits.sum().backward()
+    # every routing path is evaluated: every beta with a choice gets a gradient from the loss
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in supernet.betas.values() if p.numel() > 1)
+
+
+def test_killed_and_resumed_budget_search_matches_uninterrupted(tiny, tmp_path):
+    from killresume import kill_and_resume
+
+    from hwnas.latency.table import save_table
+
+    table, _ = synthetic_table(tiny)
+    save_table(table, tmp_path / "tiny.csv")
+    low, high = RoutingCost(tiny, table).bounds()
+    overrides = [f"method.space={tmp_path / 'tiny.yaml'}", f"method.table={tmp_path / 'tiny.csv'}",
+                 "method.latency_loss=budget", f"method.budget_ms={(low + high) / 2}", "search.arch_start_epoch=1",
+                 "search.steps_per_epoch=2", "search.batch_size=8", "data.channels=3"]
+    full, again = kill_and_resume("densenas", tmp_path, overrides, epochs=3)
+    assert full["method"]["mu"] == again["method"]["mu"] != 0.0
+    for name, value in full["model"].items():
+        assert torch.equal(value, again["model"][name]), name

@@ -46,23 +46,25 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--ship", help="copy the tables to latency_tables/NAME/")
     parser.add_argument("--spaces", nargs="+", default=list(SPACES))
+    parser.add_argument("--runs", type=int, default=50, help="timed runs per key (hwnas profile --runs)")
+    parser.add_argument("--skip-validate", action="store_true", help="only the profiling figures")
     args = parser.parse_args()
-    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "runtime": "onnxruntime", "threads": 1, "batch": 1,
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "runtime": "onnxruntime", "threads": 1, "batch": 1, "runs": args.runs,
                     "profile": {}, "validate": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tables = {}
         for name in args.spaces:
             tables[name] = Path(tmp) / f"{name}.csv"
-            result = profile(load_space(name), tables[name], "ort", args.ship or "benchmark", quiet=True)
+            result = profile(load_space(name), tables[name], "ort", args.ship or "benchmark", runs=args.runs, quiet=True)
             report["profile"][name] = {k: result[k] for k in ("keys", "seconds", "call_overhead_ms")} | {
                 "unstable_keys": len(result["unstable_keys"])}
             print(name, report["profile"][name], flush=True)
         if "densenas_224" in tables:
             again = Path(tmp) / "densenas_224_again.csv"
-            result = profile(load_space("densenas_224"), again, "ort", "benchmark", quiet=True)
+            result = profile(load_space("densenas_224"), again, "ort", "benchmark", runs=args.runs, quiet=True)
             report["repeat_densenas_224"] = {"seconds": result["seconds"], **agreement(tables["densenas_224"], again)}
             print("repeat", report["repeat_densenas_224"], flush=True)
-        for name in args.spaces:
+        for name in [] if args.skip_validate else args.spaces:
             result = validate(tables[name], name, args.samples, quiet=True)
             report["validate"][name] = {k: v for k, v in result.items() if k not in ("networks", "table")}
             print(name, report["validate"][name], flush=True)

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10, help="untimed runs per key")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per key, one per interleaved round")
+    p.add_argument("--runs", type=int, default=100, help="timed runs per key, one per interleaved round")
     p.add_argument("--device", default="cpu", help="torch backend only: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

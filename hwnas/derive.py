@@ -107,42 +107,85 @@ def _pareto(options: list[tuple[float, float, tuple]]) -> list[tuple[float, floa
     return front
 
 
+def _best_per_bucket(options: list[tuple[float, float, tuple]], width: float) -> list[tuple[float, float, tuple]]:
+    """The best-scoring option in each latency bucket of `width`."""
+    best: dict[int, tuple[float, float, tuple]] = {}
+    for option in options:
+        bucket = int(option[0] / width)
+        if bucket not in best or option[1] > best[bucket][1]:
+            best[bucket] = option
+    return list(best.values())
+
+
 def _edge_options(space: RoutingSpace, weights: RoutingWeights, cost: "RoutingCost", source: int,
-                  target: int) -> list[tuple[float, float, tuple]]:
+                  target: int, prune=_pareto) -> list[tuple[float, float, tuple]]:
     """(latency, score, (head, stack ops)) of the ways to enter `target` from `source`; the score of an op
-    choice is sum of log(p(op) / p(most probable op)) over its layers: 0 for the argmax ops."""
+    choice is sum of log(p(op) / p(most probable op)) over its layers: 0 for the argmax ops. `prune`
+    thins the combinations after each layer (to a Pareto front when only an upper bound matters)."""
     if target == space.final_block:
         return [(cost.final[source], 0.0, ())]
     head_p = weights.heads[target, source]
     options = [(float(cost.head[target, source][h]), _log(head_p[h]) - _log(max(head_p)), (h,))
                for h in range(len(space.head_ops))]
-    options = _pareto(options)
+    options = prune(options)
     for layer_p in weights.stacks.get(target, []):
         layer = [(float(cost.stack[target][o]), _log(layer_p[o]) - _log(max(layer_p))) for o in range(len(layer_p))]
-        options = _pareto([(lat + l_lat, score + l_score, choice + (o,))
+        options = prune([(lat + l_lat, score + l_score, choice + (o,))
                            for lat, score, choice in options for o, (l_lat, l_score) in enumerate(layer)])
     return options
 
 
-def budget_viterbi(space: RoutingSpace, weights: RoutingWeights, cost: "RoutingCost", budget_ms: float) -> RoutedArch:
-    """The most probable architecture whose table latency is at most `budget_ms`: score = log P(path)
-    under the betas + the op-choice score of `_edge_options`, so without a binding budget this is the
-    Viterbi path with argmax ops. Exact: dynamic programming over blocks keeping, per block, every
-    (latency, score) label that no other label beats on both."""
-    labels: dict[int, list[tuple[float, float, tuple]]] = {0: [(cost.fixed, 0.0, ())]}
-    for k in range(1, space.final_block + 1):
-        candidates = []
-        for a in space.sources(k):
-            edge_score = _log(weights.edges[a][space.targets(a).index(k)])
-            for lat, score, steps in labels[a]:
-                for e_lat, e_score, choice in _edge_options(space, weights, cost, a, k):
-                    if lat + e_lat <= budget_ms:
-                        candidates.append((lat + e_lat, score + edge_score + e_score, steps + ((a, k, choice),)))
-        labels[k] = _pareto(candidates)
-    if not labels[space.final_block]:
-        low, _ = cost.bounds()
+def budget_viterbi(space: RoutingSpace, weights: RoutingWeights, cost: "RoutingCost", budget_ms: float,
+                   min_ms: float = 0.0, resolution: int = 500) -> RoutedArch:
+    """The most probable architecture whose table latency lies in [min_ms, budget_ms], else the most
+    probable one under budget_ms. Score = log P(path) under the betas + the op-choice score of
+    `_edge_options`, so with a loose budget this is the Viterbi path with argmax ops.
+
+    Dynamic programming over blocks with latency as a resource: per block, for each latency bucket
+    of width budget_ms / resolution, the best-scoring way to reach it (its true latency kept, so the
+    budget is never exceeded); branches that cannot reach the final block within the budget are cut."""
+    low, _ = cost.bounds()
+    if budget_ms < low:
         raise HwnasError(f"no architecture of {space.name} fits a budget of {budget_ms:g} ms; the smallest feasible "
                          f"latency with this table is {low:.3f} ms")
-    _, _, steps = max(labels[space.final_block], key=lambda label: label[1])
+    rest = _min_latency_to_final(space, cost)
+    width = budget_ms / resolution
+    # only an upper bound: each edge's Pareto front suffices; a window needs options at every latency
+    prune = _pareto if min_ms <= 0 else (lambda options: _best_per_bucket(options, width))
+    labels: dict[int, dict[int, tuple[float, float, tuple]]] = {0: {0: (cost.fixed, 0.0, ())}}
+    for k in range(1, space.final_block + 1):
+        best: dict[int, tuple[float, float, tuple]] = {}
+        for a in space.sources(k):
+            edge_score = _log(weights.edges[a][space.targets(a).index(k)])
+            options = _edge_options(space, weights, cost, a, k, prune)
+            for lat, score, steps in labels[a].values():
+                for e_lat, e_score, choice in options:
+                    new_lat = lat + e_lat
+                    if new_lat + rest[k] > budget_ms:
+                        continue
+                    bucket = int(new_lat / width)
+                    new_score = score + edge_score + e_score
+                    if bucket not in best or new_score > best[bucket][1]:
+                        best[bucket] = (new_lat, new_score, steps + ((a, k, choice),))
+        labels[k] = best
+    final = list(labels[space.final_block].values())
+    in_window = [label for label in final if label[0] >= min_ms]
+    _, _, steps = max(in_window or final, key=lambda label: label[1])
     return RoutedArch(space.name, tuple(_block(space, weights, a, k, choice[0], choice[1:])
                                         for a, k, choice in steps[:-1]))
+
+
+def _min_latency_to_final(space: RoutingSpace, cost: "RoutingCost") -> dict[int, float]:
+    """The least latency still to come after reaching block k (its stack included) up to the output."""
+    rest = {space.final_block: 0.0}
+    for b in reversed(range(space.num_blocks)):
+        options = []
+        for j in space.targets(b):
+            if j == space.final_block:
+                options.append(cost.final[b] + rest[j])
+            else:
+                stack = min(cost.stack[j].tolist()) * space.stack_layers[j] if j in cost.stack else 0.0
+                options.append(min(cost.head[j, b].tolist()) + stack + rest[j])
+        rest[b] = min(options)
+    # rest[k] is counted from block k's output; a label entering k already paid k's head and stack
+    return rest

@@ -110,7 +110,7 @@ def _timed_rounds(calls: dict[str, Callable[[], object]], keys: list[str], runs:
     return samples
 
 
-def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 50, max_cv: float = 0.25,
+def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 100, max_cv: float = 0.25,
             max_round_spread: float = 0.05, remeasure: int = 2, seed: int = 0,
             progress: Callable[[int, int], None] | None = None,
             prepare: dict[str, Callable[[], object]] | None = None) -> dict[str, dict[str, float]]:

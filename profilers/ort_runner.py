@@ -77,7 +77,7 @@ def bound_call(session, x: np.ndarray) -> Callable[[], object]:
     return lambda session=session, binding=binding, x=x, out=out: session.run_with_iobinding(binding)
 
 
-def run_kit(kit_dir: str | Path, out: str | Path, threads: int = 1, warmup: int = 10, runs: int = 50,
+def run_kit(kit_dir: str | Path, out: str | Path, threads: int = 1, warmup: int = 10, runs: int = 100,
             max_cv: float = 0.25, provider: str = "CPUExecutionProvider",
             progress: Callable[[int, int], None] | None = None) -> dict:
     """Measure every model of the kit; write `out` (CSV) and its description beside it (`.json`)."""
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="results CSV (its description goes beside it as .json)")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed runs per model first (default 10)")
-    parser.add_argument("--runs", type=int, default=50,
-                        help="timed runs per model, one per interleaved round (default 50)")
+    parser.add_argument("--runs", type=int, default=100,
+                        help="timed runs per model, one per interleaved round (default 100)")
     parser.add_argument("--max-cv", type=float, default=0.25, help="re-measure keys noisier than this")
     parser.add_argument("--provider", default="CPUExecutionProvider", help="ONNX Runtime execution provider")
     args = parser.parse_args(argv)

@@ -147,6 +147,12 @@ def test_budget_viterbi_is_the_best_architecture_under_the_budget(tiny, supernet
     assert max(s for s, a in feasible if a == arch) == pytest.approx(best_score)
     if fraction == 1.0:  # no binding budget: the plain Viterbi answer
         assert arch == viterbi(tiny, w)
+    # with a window [0.8 B, B]: the best architecture inside it, when there is one
+    window = [(s, a) for s, a in feasible if cost.exact(a) >= 0.8 * budget]
+    if window and fraction > 0:
+        arch = budget_viterbi(tiny, w, cost, budget + 1e-9, min_ms=0.8 * budget)
+        assert 0.8 * budget <= cost.exact(arch) <= budget + 1e-9
+        assert max(s for s, a in window if a == arch) == pytest.approx(max(s for s, _ in window))
 
 
 def test_bounds_are_the_cheapest_and_dearest_architectures(tiny):

@@ -229,7 +229,7 @@ def torch_calls(keys: list[OpKey], device: str, threads: int | None,
 
 
 def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "ort", name: str | None = None,
-            threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 50, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+            threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
     """Profile every key of `space` on this machine and write the table: the kit and runner in one step."""
     out = Path(out).with_suffix(".csv")
     if out.exists():
@@ -266,7 +266,7 @@ def _torch_results(space: RoutingSpace | CellSpace, results_csv: Path, device: s
 
 
 def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: str = "cpu", threads: int | None = 1,
-                  batch: int = 1, warmup: int = 10, runs: int = 50,
+                  batch: int = 1, warmup: int = 10, runs: int = 100,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Time every key of `space` in eager PyTorch; write what profilers/ort_runner.py writes."""
     keys = space_keys(space, batch)

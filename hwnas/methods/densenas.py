@@ -19,8 +19,9 @@ What makes DenseNAS DenseNAS, on the shared loop:
   budget and falls, below zero, while it is faster, so LAT is driven to B from either side without
   tuning a trade-off by hand.
 - **Derivation** (`hwnas/derive.py`): Viterbi path selection; with a budget, the most probable
-  architecture whose table latency is at most B, so the derived network never exceeds the budget by
-  the table.
+  architecture whose table latency lies in [(1 - budget_slack) * B, B] (else the most probable under
+  B), so the derived network never exceeds the budget by the table and does not leave most of it
+  unused when the search has not converged to it.
 
 The release alternates whole epochs of weight and architecture updates (`search.alternate: epoch`).
 """
@@ -55,6 +56,8 @@ class DenseNasOptions(MethodConfig):
     tau_ms: float = Field(15.0, gt=1.0, description="densenas loss: log(LAT) / log(tau)")
     budget_ms: float | None = Field(None, gt=0.0, description="latency budget (ms) for `budget` mode")
     dual_lr: float = Field(0.05, gt=0.0, description="budget mode: step of the multiplier's dual ascent")
+    budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
+                                description="budget mode: derive within [(1 - slack) * B, B] when such a network exists")
 
     model_config = {**MethodConfig.model_config, "populate_by_name": True}
 
@@ -176,7 +179,8 @@ class DenseNas(SearchMethod):
     def derive(self, model: nn.Module) -> RoutedArch:
         weights = self.weights(model)
         if self.options.latency_loss == "budget" and self.cost:
-            return budget_viterbi(self.space, weights, self.cost, self.options.budget_ms)
+            budget = self.options.budget_ms
+            return budget_viterbi(self.space, weights, self.cost, budget, (1 - self.options.budget_slack) * budget)
         return viterbi(self.space, weights)
 
     def arch_weights(self, model: nn.Module) -> dict[str, list]:

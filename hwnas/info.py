@@ -58,6 +58,21 @@ def routed_arch_info(arch: str, num_classes: int | None = None) -> dict[str, Any
     }
 
 
+def routing_supernet_info(num_classes: int | None = None, space_name: str = "densenas_32") -> dict[str, Any]:
+    """The DenseNAS supernet of the quick recipe's space; multiply-adds with one op (the first) per layer,
+    every routing path evaluated."""
+    from hwnas.spaces.routing import RoutingSupernet
+
+    space = load_space(space_name)
+    model = RoutingSupernet(space, num_classes or space.num_classes)
+    size = space.input_size
+    return {
+        "name": "densenas supernet", "network": f"routing supernet space={space.name} (first op of every layer)",
+        "params": count_parameters(model), "macs": count_macs(model, (space.input_channels, size, size)),
+        "input": f"{space.input_channels}x{size}x{size}", "arch_params": sum(p.numel() for p in model.arch_parameters()),
+    }
+
+
 def recipe_supernet_config(method: str, supernet: dict[str, int] | None = None) -> SearchConfig:
     """The supernet as the method's published CIFAR recipe builds it (P-DARTS: its first stage),
     with `supernet` overrides; also used by the step benchmark."""
@@ -73,6 +88,8 @@ def supernet_info(method: str, init_channels: int | None = None, layers: int | N
                   num_classes: int | None = None) -> dict[str, Any]:
     for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
         _positive(name, value)
+    if method == "densenas":
+        return routing_supernet_info(num_classes)
     supernet: dict[str, int] = {}
     if init_channels:
         supernet["init_channels"] = init_channels

@@ -55,3 +55,11 @@ def test_info_for_a_routed_architecture(capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == 6_134_144 and result["input"] == "3x224x224"
     assert "[176,384]" in result["arch_text"]
+
+
+def test_densenas_supernet_info_counts_every_choice(capsys):
+    assert main(["info", "--supernet", "densenas", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # 54 connections (betas), 51 head layers x 6 MBConvs, 13 blocks x 3 stack layers x 7 ops
+    assert result["arch_params"] == 54 + 51 * 6 + 13 * 3 * 7
+    assert result["input"] == "3x32x32"

@@ -229,7 +229,8 @@ def torch_calls(keys: list[OpKey], device: str, threads: int | None,
 
 
 def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "ort", name: str | None = None,
-            threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu", quiet: bool = False) -> dict[str, Any]:
+            threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu",
+            quiet: bool = False) -> dict[str, Any]:
     """Profile every key of `space` on this machine and write the table: the kit and runner in one step."""
     out = Path(out).with_suffix(".csv")
     if out.exists():
@@ -250,19 +251,14 @@ def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "or
                 except KitError as exc:
                     raise HwnasError(str(exc)) from None
         else:
-            _torch_results(space, results_csv, device, threads, batch, warmup, runs, quiet)
+            bar, update = _bar("measuring (torch)", quiet)
+            with bar:
+                torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)
         table = ingest(results_csv, out, name)
     table.meta["seconds"] = round(time.time() - start, 1)
     save_table(table, out)
     return {"table": str(out), "keys": len(table), "seconds": table.meta["seconds"],
             "unstable_keys": table.meta.get("unstable_keys", []), "call_overhead_ms": table.overhead_ms}
-
-
-def _torch_results(space: RoutingSpace | CellSpace, results_csv: Path, device: str, threads: int, batch: int,
-                   warmup: int, runs: int, quiet: bool) -> None:
-    bar, update = _bar("measuring (torch)", quiet)
-    with bar:
-        torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)
 
 
 def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: str = "cpu", threads: int | None = 1,

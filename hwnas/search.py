@@ -29,7 +29,7 @@ from hwnas.genotypes import Genotype
 from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
 from hwnas.ops import PRIMITIVES
-from hwnas.plots import draw_genotype, plot_arch_weights, plot_metric_curve
+from hwnas.plots import draw_genotype, plot_arch_weights
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
 
 log = logging.getLogger("hwnas.search")
@@ -255,8 +255,7 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     plots = plot_arch_weights(loop.history, run.path, column_names=PRIMITIVES)
     if isinstance(arch, Genotype):
         plots += draw_genotype(arch, run.path)
-    plots += plot_metric_curve(loop.history, "expected_latency_ms", "expected latency (ms)",
-                               run.path / "expected_latency.png", getattr(config.method, "budget_ms", None))
+    plots += method.plots(loop.history, run.path)
     last = loop.history[-1] if loop.history else {}
     report = {
         "command": "search",

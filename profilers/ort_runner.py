@@ -43,11 +43,8 @@ def read_manifest(kit_dir: str | Path) -> dict:
     return manifest
 
 
-def ort_calls(kit_dir: str | Path, manifest: dict, threads: int,
-              provider: str) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
-    """One zero-argument call per kit entry (and the calibration models), each running its own session,
-    and for each a preparation that reads its input, so the input is in cache as the previous op's
-    output is inside a network, while the weights are not."""
+def open_session(path: str | Path, threads: int, provider: str = "CPUExecutionProvider"):
+    """A session as a deployed model runs: `threads` intra-op threads, sequential, all graph optimisations."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -55,10 +52,18 @@ def ort_calls(kit_dir: str | Path, manifest: dict, threads: int,
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=[provider])
+
+
+def ort_calls(kit_dir: str | Path, manifest: dict, threads: int,
+              provider: str) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
+    """One zero-argument call per kit entry (and the calibration models), each running its own session,
+    and for each a preparation that reads its input, so the input is in cache as the previous op's
+    output is inside a network, while the weights are not."""
     rng = np.random.default_rng(0)
     calls, prepare = {}, {}
     for entry in [*manifest["entries"], manifest["calibration"], *manifest.get("networks", [])]:
-        session = ort.InferenceSession(str(Path(kit_dir) / entry["file"]), options, providers=[provider])
+        session = open_session(Path(kit_dir) / entry["file"], threads, provider)
         x = rng.standard_normal(entry["input_shape"]).astype(np.float32)
         calls[entry["key"]] = bound_call(session, x)
         prepare[entry["key"]] = x.sum

@@ -7,7 +7,6 @@ import torch
 from killresume import kill_and_resume
 import torch.nn.functional as F
 
-from hwnas.config import SearchConfig, load_config
 from hwnas.errors import ConfigError
 from hwnas.genotypes import ZOO, load_genotype
 from hwnas.methods import gdas
@@ -18,15 +17,7 @@ from hwnas.models.cell_net import FixedReductionCell, NetworkCIFAR
 from hwnas.ops import PRIMITIVES
 from hwnas.search import search
 
-# as in tests/test_search.py: a few seconds per run on 2 cores
-TINY = [
-    "data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.layers=3",
-    "supernet.nodes=2", "search.batch_size=16", "search.steps_per_epoch=3", "search.epochs=3",
-]
-
-
-def tiny_config(method: str, *extra: str) -> SearchConfig:
-    return load_config(SearchConfig, f"configs/search/{method}_digits.yaml", TINY + list(extra))
+from tiny import TINY, tiny_config
 
 
 def noise_picking(index: int, size: int = len(PRIMITIVES)):

@@ -20,15 +20,7 @@ from hwnas.ops import PRIMITIVES
 from hwnas.search import search
 from hwnas.spaces.cell import MixedOp
 
-# the TINY overrides of tests/test_search.py: a few seconds per run on 2 cores
-TINY = [
-    "data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.layers=3",
-    "supernet.nodes=2", "search.batch_size=16", "search.steps_per_epoch=3", "search.epochs=3",
-]
-
-
-def tiny_config(*extra: str) -> SearchConfig:
-    return load_config(SearchConfig, "configs/search/pcdarts_digits.yaml", TINY + list(extra))
+from tiny import TINY, tiny_config
 
 
 # --- size -------------------------------------------------------------------------------------------
@@ -45,7 +37,7 @@ def test_released_supernet_has_the_published_size(capsys):
 
 def test_width_not_divisible_by_k_is_a_clear_error(capsys):
     with pytest.raises(ConfigError, match=r"init_channels \(6\) must be divisible by method.k \(4\)"):
-        PcDarts(tiny_config("supernet.init_channels=6"), 10, 1).build_supernet()
+        PcDarts(tiny_config("pcdarts", "supernet.init_channels=6"), 10, 1).build_supernet()
     assert main(["info", "--supernet", "pcdarts", "--init-channels", "6"]) == 2
     assert "divisible by method.k" in capsys.readouterr().err
     with pytest.raises(ValueError, match="divisible by k"):
@@ -88,7 +80,7 @@ def test_reduction_edge_bypasses_through_maxpool_and_keeps_shapes():
 
 # --- edge normalisation -----------------------------------------------------------------------------
 def test_edge_weights_softmax_over_each_nodes_incoming_edges():
-    model = PcDarts(tiny_config("supernet.nodes=4"), 10, 1).build_supernet()
+    model = PcDarts(tiny_config("pcdarts", "supernet.nodes=4"), 10, 1).build_supernet()
     assert [name for name, _ in model.named_parameters() if name.startswith("betas.")] == \
         ["betas.normal", "betas.reduce"]
     assert {id(p) for p in model.arch_parameters()} >= {id(model.betas["normal"]), id(model.betas["reduce"])}
@@ -111,7 +103,7 @@ def test_edge_weights_softmax_over_each_nodes_incoming_edges():
 
 
 def test_derivation_ranks_edges_by_alpha_times_beta_but_keeps_each_edges_op():
-    method = PcDarts(tiny_config(), 10, 1)  # 2 nodes: edges 0, 1 -> node 0; edges 2, 3, 4 -> node 1
+    method = PcDarts(tiny_config("pcdarts"), 10, 1)  # 2 nodes: edges 0, 1 -> node 0; edges 2, 3, 4 -> node 1
     model = method.build_supernet()
     col = {name: k for k, name in enumerate(PRIMITIVES)}
     alphas = torch.zeros(5, len(PRIMITIVES))
@@ -140,7 +132,7 @@ def test_derivation_ranks_edges_by_alpha_times_beta_but_keeps_each_edges_op():
 
 # --- search -----------------------------------------------------------------------------------------
 def test_tiny_search_writes_a_valid_genotype(tmp_path):
-    report = search(tiny_config(), tmp_path / "run", quiet=True)
+    report = search(tiny_config("pcdarts"), tmp_path / "run", quiet=True)
     genotype = load_genotype(tmp_path / "run/arch.json")
     assert len(genotype.normal) == 4 and len(genotype.reduce) == 4  # 2 nodes x 2 inputs
     assert all(op in PRIMITIVES and op != "none" for op, _ in genotype.normal + genotype.reduce)

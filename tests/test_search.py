@@ -6,23 +6,14 @@ import torch
 from killresume import kill_and_resume
 
 from hwnas.cli import main
-from hwnas.config import SearchConfig, load_config
 from hwnas.genotypes import load_genotype
 from hwnas.search import search
 
-# a few seconds per run on 2 cores
-TINY = [
-    "data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.layers=3",
-    "supernet.nodes=2", "search.batch_size=16", "search.steps_per_epoch=3", "search.epochs=3",
-]
-
-
-def tiny_config(*extra: str) -> SearchConfig:
-    return load_config(SearchConfig, "configs/search/darts_digits.yaml", TINY + list(extra))
+from tiny import TINY, tiny_config
 
 
 def test_search_writes_a_valid_run(tmp_path):
-    report = search(tiny_config(), tmp_path / "run", quiet=True)
+    report = search(tiny_config("darts"), tmp_path / "run", quiet=True)
     run = tmp_path / "run"
     for name in ("config.yaml", "metrics.csv", "arch.json", "report.json", "checkpoints/search.pt",
                  "arch_weights_normal.png", "arch_weights_reduce.png", "cell_normal.png", "cell_reduce.png"):
@@ -38,25 +29,25 @@ def test_search_writes_a_valid_run(tmp_path):
 
 
 def test_same_seed_same_architecture_weights(tmp_path):
-    search(tiny_config("search.epochs=2"), tmp_path / "a", quiet=True)
-    search(tiny_config("search.epochs=2"), tmp_path / "b", quiet=True)
+    search(tiny_config("darts", "search.epochs=2"), tmp_path / "a", quiet=True)
+    search(tiny_config("darts", "search.epochs=2"), tmp_path / "b", quiet=True)
     a = torch.load(tmp_path / "a/checkpoints/search.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "b/checkpoints/search.pt", weights_only=True)["model"]
     assert torch.equal(a["alphas.normal"], b["alphas.normal"])
-    search(tiny_config("search.epochs=2", "seed=3"), tmp_path / "c", quiet=True)
+    search(tiny_config("darts", "search.epochs=2", "seed=3"), tmp_path / "c", quiet=True)
     c = torch.load(tmp_path / "c/checkpoints/search.pt", weights_only=True)["model"]
     assert not torch.equal(a["alphas.normal"], c["alphas.normal"])
 
 
 def test_arch_start_epoch_freezes_architecture(tmp_path):
-    search(tiny_config("search.epochs=2", "search.arch_start_epoch=1"), tmp_path / "w", quiet=True)
+    search(tiny_config("darts", "search.epochs=2", "search.arch_start_epoch=1"), tmp_path / "w", quiet=True)
     state = torch.load(tmp_path / "w/checkpoints/search.pt", weights_only=True)
     # only epoch 2 moved the architecture: Adam with arch lr 3e-3 took exactly 3 steps
     assert state["arch_optimizer"]["state"][0]["step"] == 3
 
 
 def test_unrolled_search_runs(tmp_path):
-    report = search(tiny_config("search.epochs=1", "method.unrolled=true"), tmp_path / "u", quiet=True)
+    report = search(tiny_config("darts", "search.epochs=1", "method.unrolled=true"), tmp_path / "u", quiet=True)
     assert report["epochs"] == 1
 
 
@@ -83,7 +74,7 @@ def test_resume_without_a_run_is_an_error(tmp_path, capsys):
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "run"
-    search(tiny_config("search.epochs=1"), out, quiet=True)
+    search(tiny_config("darts", "search.epochs=1"), out, quiet=True)
     (out / "checkpoints/search.pt").write_bytes(b"garbage")
     assert main(["search", "darts", "--out", str(out), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err

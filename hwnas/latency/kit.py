@@ -187,7 +187,7 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
     return table
 
 
-def _bar(desc: str, quiet: bool):
+def progress_bar(desc: str, quiet: bool):
     from tqdm import tqdm
 
     bar = tqdm(total=1, desc=desc, unit="call", disable=quiet, dynamic_ncols=True, mininterval=1.0)
@@ -241,17 +241,17 @@ def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "or
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
         results_csv = Path(tmp) / "results.csv"
         if backend == "ort":
-            bar, update = _bar("exporting kit", quiet)
+            bar, update = progress_bar("exporting kit", quiet)
             with bar:
                 build_kit(space, Path(tmp) / "kit", batch, progress=update)
-            bar, update = _bar("measuring", quiet)
+            bar, update = progress_bar("measuring", quiet)
             with bar:
                 try:
                     run_kit(Path(tmp) / "kit", results_csv, threads, warmup, runs, progress=update)
                 except KitError as exc:
                     raise HwnasError(str(exc)) from None
         else:
-            bar, update = _bar("measuring (torch)", quiet)
+            bar, update = progress_bar("measuring (torch)", quiet)
             with bar:
                 torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)
         table = ingest(results_csv, out, name)

@@ -56,22 +56,14 @@ def network_calls(networks: dict[str, nn.Module], shape: tuple[int, ...], runtim
             return call
 
         return {name: eager(model) for name, model in networks.items()}, prepare
-    import onnxruntime as ort
-
     from hwnas.latency.kit import export_onnx
-    from profilers.ort_runner import bound_call
+    from profilers.ort_runner import bound_call, open_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     calls = {}
     for name, model in networks.items():
         path = workdir / f"{name}.onnx"
         export_onnx(model, shape, path)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        calls[name] = bound_call(session, x)
+        calls[name] = bound_call(open_session(path, threads), x)
     return calls, prepare
 
 
@@ -102,12 +94,12 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
     predicted = {name: predict(table, space, arch)["predicted_ms"] for name, arch in archs.items()}
     shape = input_shape(space, table.batch)
     torch.manual_seed(seed)
-    from hwnas.latency.kit import _bar
+    from hwnas.latency.kit import progress_bar
 
     with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
         networks = {name: build_network(space, arch) for name, arch in archs.items()}
         calls, prepare = network_calls(networks, shape, runtime, int(table.meta["threads"]), Path(tmp))
-        bar, update = _bar("measuring networks", quiet)
+        bar, update = progress_bar("measuring networks", quiet)
         with bar:
             results = timing.measure(calls, warmup=int(table.meta.get("warmup", 10)), runs=int(table.meta.get("runs", 50)),
                                      progress=update, prepare=prepare)

@@ -9,6 +9,7 @@ A method plugs into the shared loop through `SearchMethod`:
 - `after_arch_step` -- anything after the architecture optimiser step;
 - `derive` -- the architecture the current weights stand for;
 - `report` -- method-specific entries for the run's report;
+- `plots` -- method-specific pictures of the run, written at the end;
 - `state_dict` / `load_state_dict` -- the method's own state (a multiplier, a curve), checkpointed;
 - `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 import torch
@@ -100,6 +102,9 @@ class SearchMethod:
     def report(self) -> dict[str, Any]:
         """Method-specific entries for `report.json`."""
         return {}
+
+    def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -29,6 +29,7 @@ The release alternates whole epochs of weight and architecture updates (`search.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -157,6 +158,12 @@ class DenseNas(SearchMethod):
             rescale_sampled(alphas, self._before[name], self._sampled[name])
         if self.options.latency_loss == "budget":
             self.mu += self.options.dual_lr * (self._latency / self.options.budget_ms - 1)
+
+    def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        from hwnas.plots import plot_metric_curve
+
+        return plot_metric_curve(history, "expected_latency_ms", "expected latency (ms)",
+                                 out_dir / "expected_latency.png", self.options.budget_ms)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mu": self.mu, "latency_history": list(self.latency_history)}

@@ -72,6 +72,9 @@ class RoutingSupernet(nn.Module):
         _search_bn(self.final)
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(space.final_width, num_classes))
 
+        # block -> [(source, index of the block among the source's targets)], computed once for forward
+        self.inputs = {j: [(i, space.targets(i).index(j)) for i in space.sources(j)]
+                       for j in range(1, space.final_block + 1)}
         self.betas = nn.ParameterDict({
             str(i): nn.Parameter(init_scale * torch.randn(len(space.targets(i))))
             for i in range(space.num_blocks)})
@@ -112,10 +115,9 @@ class RoutingSupernet(nn.Module):
         probs = {i: self.edge_probs(i) for i in range(space.num_blocks)}
         outputs = {0: self.stem(x)}
         for j in range(1, space.num_blocks):
-            h = sum(probs[i][space.targets(i).index(j)] * self.heads[f"{j}_{i}"](outputs[i]) for i in space.sources(j))
+            h = sum(probs[i][k] * self.heads[f"{j}_{i}"](outputs[i]) for i, k in self.inputs[j])
             for layer in self.stacks[str(j)] if str(j) in self.stacks else ():
                 h = layer(h)
             outputs[j] = h
-        final = space.final_block
-        h = sum(probs[i][space.targets(i).index(final)] * self.final[str(i)](outputs[i]) for i in space.sources(final))
+        h = sum(probs[i][k] * self.final[str(i)](outputs[i]) for i, k in self.inputs[space.final_block])
         return self.classifier(h)

@@ -39,6 +39,65 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
     return search(config, args.out or _default_out(f"search-{args.method}"), resume=args.resume, quiet=args.quiet)
 
 
+def _train(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.config import TrainConfig, build_config, read_yaml, resolve_path
+    from hwnas.models import arch_from_json, load_arch
+    from hwnas.routed import RoutedArch
+    from hwnas.runs import RunDir
+    from hwnas.train import train
+
+    if args.resume and args.out and not args.config and not args.set:
+        saved = RunDir.saved_config(args.out)
+        arch = arch_from_json(saved.pop("arch"))
+        if args.arch and load_arch(args.arch) != arch:
+            raise HwnasError(f"--resume: {args.out} trains another architecture than {args.arch}")
+        config = build_config(TrainConfig, saved, f"{args.out}/config.yaml")
+    else:
+        if not args.arch:
+            raise HwnasError("train: give --arch NAME|arch.json (a zoo name such as DARTS_V2, or a search's arch.json)")
+        arch = load_arch(args.arch)
+        path = args.config or ("configs/train/densenas_digits.yaml" if isinstance(arch, RoutedArch)
+                               else "configs/train/digits.yaml")
+        config = build_config(TrainConfig, read_yaml(path), str(resolve_path(path)), args.set)
+    return train(config, arch, args.out or _default_out("train"), resume=args.resume, quiet=args.quiet)
+
+
+def _show_train(result: dict[str, Any]) -> None:
+    print(f"{result['network']} on {result['dataset']}: {result['params']:,} parameters, "
+          f"{result['macs'] / 1e6:.1f} M multiply-adds, {result['epochs']} epochs")
+    print(f"test accuracy {result['test_acc']:.2%} (last epoch), {result['best']['test_acc']:.2%} "
+          f"(best epoch {result['best']['epoch']} by {result['eval_split']} accuracy)")
+    print(f"weights: {result['weights']['last']}\nrun directory: {result['run_dir']}")
+
+
+def _export(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.export import export
+
+    return export(args.arch, args.out, weights=args.weights, dataset=args.dataset, table=args.table,
+                  ort_format=args.ort, quantize=args.quantize, dynamic_batch=args.dynamic_batch, batch=args.batch,
+                  threads=args.threads, runs=args.runs, data_root=args.data_root)
+
+
+def _show_export(r: dict[str, Any]) -> None:
+    parity = r["parity"]
+    real = (f", real images {parity['real_max_abs_diff']:.2e}" if "real_max_abs_diff" in parity
+            else f"; real images {parity['real']}")
+    print(f"wrote {r['onnx']} ({r['params']:,} parameters, {r['macs'] / 1e6:.1f} M multiply-adds, "
+          f"{'trained' if r['trained'] else 'untrained'})")
+    print(f"  onnx.checker passed; max |ORT - PyTorch|: random {parity['random_max_abs_diff']:.2e}{real}")
+    lat = r["latency"]
+    line = f"  latency (ORT, {lat['threads']} thread, batch {lat['batch']}): {lat['measured_ms']:.3f} ms measured"
+    if "predicted_ms" in lat:
+        line += f", {lat['predicted_ms']:.3f} ms predicted by the table ({lat['error_pct']:+.1f}%)"
+    print(line)
+    if "ort" in r:
+        print(f"  mobile format: {r['ort']['path']}")
+    if "int8" in r:
+        q = r["int8"]
+        print(f"  int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} test "
+              f"images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)")
+
+
 def _default_out(prefix: str) -> str:
     import time
 
@@ -141,6 +200,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_search, show=lambda r: print(f"architecture:\n{r['arch_text']}\nrun directory: {r['run_dir']}"))
+
+    p = sub.add_parser("train", help="train the final network of an architecture")
+    p.add_argument("--arch", help="zoo name (DARTS_V2, GDAS_F1, DenseNAS-C, ...) or a search's arch.json")
+    p.add_argument("--config", help="training recipe YAML (default configs/train/digits.yaml for cells, "
+                                    "configs/train/densenas_digits.yaml for routed architectures)")
+    p.add_argument("--out", help="run directory (default runs/train-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_train, show=_show_train)
+
+    p = sub.add_parser("export", help="export a network to ONNX, verify it against PyTorch, measure its latency")
+    p.add_argument("--arch", help="zoo name or arch.json (optional with --weights: the weights name it)")
+    p.add_argument("--weights", help="weights file written by `hwnas train` (weights/last.pt or best.pt)")
+    p.add_argument("--dataset", choices=["digits", "fashion-mnist", "cifar10", "imagenet"],
+                   help="input size and classes of an untrained network (taken from --weights otherwise)")
+    p.add_argument("--out", required=True, help="ONNX file to write (.ort and .int8.onnx go beside it)")
+    p.add_argument("--table", help="latency table: print its prediction beside the measured latency")
+    p.add_argument("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort)")
+    p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model")
+    p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: fixed --batch)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="ORT threads for timing (a --table's own otherwise)")
+    p.add_argument("--runs", type=int, default=100, help="timed runs (a --table's own otherwise)")
+    p.add_argument("--data-root", help="dataset folder for the real-image checks (default: the dataset's own)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_export, show=_show_export)
 
     p = sub.add_parser("info", help="size of a final network or a search supernet")
     p.add_argument("--arch", help="zoo name (DARTS_V2, DenseNAS-C, ...) or arch.json (cell or routed)")

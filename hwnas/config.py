@@ -36,9 +36,12 @@ class DataConfig(Strict):
     download: bool = False
     image_size: int | None = Field(None, gt=0, description="input side; each dataset has a default")
     channels: Literal[3] | None = Field(None, description="3: repeat a gray dataset's channel (for 3-channel spaces)")
-    train_portion: float = Field(0.5, gt=0.0, lt=1.0, description="share of train set for weights")
     train_subset: int | None = Field(None, gt=1, description="use only this many training images")
     augment: AugmentConfig = AugmentConfig()
+
+
+class SearchDataConfig(DataConfig):
+    train_portion: float = Field(0.5, gt=0.0, lt=1.0, description="share of train set for weights")
 
 
 class SGDConfig(Strict):
@@ -81,6 +84,14 @@ class SearchLoopConfig(Strict):
     channels_last: bool = Field(False, description="NHWC tensors: faster depthwise convs on CPU")
 
 
+def check_device(value: str) -> str:
+    try:
+        torch.device(value)
+    except RuntimeError as exc:
+        raise ValueError(f"not a torch device: {value!r}") from exc
+    return value
+
+
 class MethodConfig(Strict):
     """Base of every method's options; `name` picks the method."""
 
@@ -92,7 +103,7 @@ class SearchConfig(Strict):
     method: SerializeAsAny[MethodConfig]
     seed: int = 2
     device: str = "cpu"
-    data: DataConfig = DataConfig()
+    data: SearchDataConfig = SearchDataConfig()
     supernet: CellSupernetConfig = CellSupernetConfig()
     search: SearchLoopConfig = SearchLoopConfig()
 
@@ -112,14 +123,7 @@ class SearchConfig(Strict):
         except ValidationError as exc:  # re-raised whole so the keys keep their `method.` prefix
             raise ConfigError(format_validation_error(exc, prefix="method.")) from None
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        try:
-            torch.device(value)
-        except RuntimeError as exc:
-            raise ValueError(f"not a torch device: {value!r}") from exc
-        return value
+    _device = field_validator("device")(lambda value: check_device(value))
 
     @model_validator(mode="after")
     def _consistent(self) -> "SearchConfig":
@@ -129,6 +133,45 @@ class SearchConfig(Strict):
                 f"search.epochs ({self.search.epochs}), or the architecture never moves"
             )
         return self
+
+
+class ModelConfig(Strict):
+    """The final network. Cell genotypes: the layout, width and depth below; routed (DenseNAS)
+    architectures take their blocks from their space, and only `dropout` applies."""
+
+    layout: Literal["cifar", "imagenet"] = Field("cifar", description="cell networks: NetworkCIFAR or NetworkImageNet")
+    init_channels: int = Field(36, gt=0)
+    layers: int = Field(20, ge=3)
+    auxiliary: bool = Field(True, description="cell networks: auxiliary head after the second reduction")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="routed networks: dropout before the classifier")
+
+
+class TrainLoopConfig(Strict):
+    epochs: int = Field(600, gt=0)
+    batch_size: int = Field(96, gt=0)
+    optimizer: SGDConfig = SGDConfig(lr=0.025, lr_min=0.0)
+    schedule: Literal["cosine", "exponential"] = Field(
+        "cosine", description="cosine from lr to lr_min, or lr * lr_decay**epoch (DARTS ImageNet)")
+    lr_decay: float = Field(0.97, gt=0.0, le=1.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
+    auxiliary_weight: float = Field(0.4, ge=0.0)
+    drop_path_prob: float = Field(0.2, ge=0.0, lt=1.0, description="cell networks: grows linearly to this")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    valid_portion: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of the training set held out to pick the best epoch; "
+                                         "0: evaluate on the test set each epoch, as the releases do")
+    steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch")
+    channels_last: bool = Field(False, description="NHWC tensors (see search.channels_last)")
+
+
+class TrainConfig(Strict):
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainLoopConfig = TrainLoopConfig()
+
+    _device = field_validator("device")(lambda value: check_device(value))
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

@@ -261,11 +261,15 @@ def _imagenet(cfg: DataConfig) -> Dataset:
     return Dataset("imagenet", train, test, len(train.folder.classes), 3, size)
 
 
+def subset_indices(n: int, subset: int | None = None) -> torch.Tensor:
+    """A fixed (seed-independent) shuffle of range(n), cut to `subset` images when given."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    return order[: min(subset, n)] if subset is not None else order
+
+
 def split_indices(n: int, train_portion: float, subset: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed (seed-independent) split of the training set into the weight part and the architecture part."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-    if subset is not None:
-        order = order[: min(subset, n)]
+    order = subset_indices(n, subset)
     cut = int(round(len(order) * train_portion))
     if cut < 1 or cut >= len(order):
         raise DataError(f"train_portion {train_portion} leaves one side of the split of {len(order)} images empty")

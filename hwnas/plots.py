@@ -134,3 +134,38 @@ def plot_metric_curve(history: Sequence[dict[str, Any]], column: str, label: str
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def plot_training_curves(history: Sequence[dict[str, Any]], path: Path) -> list[Path]:
+    """Loss and accuracy per epoch, training beside evaluation (valid or test)."""
+    if not history:
+        return []
+    epochs = [r["epoch"] for r in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("loss", "acc")):
+        for column in (c for c in history[0] if c.endswith(f"_{metric}")):
+            ax.plot(epochs, [float(r[column]) for r in history], marker="o", markersize=3,
+                    label=column.replace("_", " "))
+        ax.set(xlabel="epoch", ylabel="accuracy" if metric == "acc" else "cross-entropy")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: str) -> list[Path]:
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(0.45 * n + 2.5, 0.45 * n + 2))
+    ax.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if count > max(max(r) for r in matrix) / 2 else "black")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class", title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

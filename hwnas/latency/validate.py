@@ -18,12 +18,12 @@ import torch
 from scipy import stats
 from torch import nn
 
-from hwnas.errors import ArchitectureError, HwnasError, LatencyError
-from hwnas.genotypes import load_genotype
+from hwnas.errors import HwnasError, LatencyError
 from hwnas.latency.keys import space_keys
 from hwnas.latency.networks import Arch, arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import LatencyTable, load_table
-from hwnas.routed import RoutedArch, is_routed_file, load_routed_arch
+from hwnas.models import load_arch
+from hwnas.routed import RoutedArch
 from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
 from profilers import measure as timing
 
@@ -120,16 +120,6 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
                                    f"{space.name}: {samples} random networks ({runtime}, {report['threads']} thread)")
         report["plot"] = str(plot)
     return report
-
-
-def load_arch(arch: str | Path) -> Arch:
-    """A routed architecture (zoo name or JSON with `blocks`) or a cell genotype (zoo name or JSON)."""
-    try:
-        return load_routed_arch(arch)
-    except ArchitectureError:
-        if is_routed_file(arch):
-            raise
-        return load_genotype(arch)
 
 
 def predict_command(table_path: str | Path, arch: str | Path, space_name: str | Path | None = None) -> dict[str, Any]:

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
+
+from hwnas.config import ModelConfig
 
 
 def count_parameters(model: nn.Module, exclude: tuple[str, ...] = ("auxiliary",)) -> int:
@@ -44,3 +49,45 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for handle in handles:
             handle.remove()
     return total
+
+
+def load_arch(arch: str | Path):
+    """A routed architecture (zoo name or JSON with `blocks`) or a cell genotype (zoo name or JSON)."""
+    from hwnas.errors import ArchitectureError
+    from hwnas.genotypes import load_genotype
+    from hwnas.routed import is_routed_file, load_routed_arch
+
+    try:
+        return load_routed_arch(arch)
+    except ArchitectureError:
+        if is_routed_file(arch):
+            raise
+        return load_genotype(arch)
+
+
+def arch_from_json(data: dict[str, Any]):
+    from hwnas.genotypes import Genotype
+    from hwnas.routed import RoutedArch
+
+    return RoutedArch.from_dict(data) if "blocks" in data else Genotype.from_dict(data)
+
+
+def build_model(arch, model: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The final network of a cell genotype (with `model`'s layout) or of a routed architecture (its space)."""
+    from hwnas.errors import ArchitectureError, DataError
+    from hwnas.models.cell_net import CellNetwork
+    from hwnas.models.routed_net import RoutedNetwork
+    from hwnas.routed import RoutedArch
+    from hwnas.spaces.definition import load_space
+
+    if isinstance(arch, RoutedArch):
+        space = load_space(arch.space)
+        if in_channels != space.input_channels:
+            raise DataError(f"the {space.name} space takes {space.input_channels}-channel input but the data has "
+                            f"{in_channels}; set data.channels: {space.input_channels}")
+        return RoutedNetwork(space, arch, num_classes, model.dropout)
+    try:
+        return CellNetwork(arch, model.init_channels, num_classes, model.layers, model.auxiliary,
+                           imagenet=model.layout == "imagenet", in_channels=in_channels)
+    except ValueError as exc:
+        raise ArchitectureError(f"cannot build the cell network with C={model.init_channels}: {exc}") from None

@@ -1,0 +1,321 @@
+"""Export a final network to ONNX for deployment, and prove the file is right.
+
+The eval-mode graph (no auxiliary head, no drop-path, BN folded) is exported with a fixed or dynamic
+batch axis, passes `onnx.checker`, and must give ONNX Runtime outputs within 1e-4 (max absolute
+difference) of PyTorch's on random and on real images, or the export fails and leaves nothing behind.
+Its latency is measured as the profiler measures a table (same session settings, interleaved timed
+runs, the table's statistic) and printed beside the table's prediction. Optionally: ONNX Runtime's
+mobile format (`.ort`) after its mobile usability check, and static int8 quantization calibrated on
+real training images, with the accuracy drop and speed-up measured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from hwnas.config import DataConfig, ModelConfig, TrainConfig, build_config, read_yaml
+from hwnas.errors import CheckpointError, DataError, HwnasError
+from hwnas.latency.kit import OPSET, export_onnx
+from hwnas.models import arch_from_json, build_model, count_macs, count_parameters, load_arch
+from hwnas.routed import RoutedArch
+from hwnas.spaces.definition import load_space
+from hwnas.train import arch_text, build_from_weights, load_weights
+from profilers.ort_runner import open_session
+
+log = logging.getLogger("hwnas.export")
+
+TOLERANCE = 1e-4
+REAL_IMAGES = 64  # real test images for the parity check
+CALIBRATION_IMAGES = 256  # real training images for int8 calibration
+EVAL_IMAGES = 2000  # test images for the int8 accuracy comparison (all when fewer)
+# classes, channels, side of each dataset's images as the training recipes use them
+DATASET_SHAPES = {"cifar10": (10, 3, 32), "imagenet": (1000, 3, 224), "digits": (10, 1, 32),
+                  "fashion-mnist": (10, 1, 28)}
+DEFAULT_RECIPES = {"cifar10": "cifar10", "imagenet": "imagenet_mobile", "digits": "digits",
+                   "fashion-mnist": "fashion-mnist"}
+
+
+class ExportError(HwnasError):
+    pass
+
+
+def _recipe_model(dataset: str) -> ModelConfig:
+    path = f"configs/train/{DEFAULT_RECIPES[dataset]}.yaml"
+    return build_config(TrainConfig, read_yaml(path), path).model
+
+
+def resolve_network(arch: str | None, weights: str | None, dataset: str | None) -> dict[str, Any]:
+    """The network to export: from a weights file (checked against `arch` and `dataset` when given), or an
+    untrained one as the dataset's default recipe builds it."""
+    if weights:
+        state = load_weights(weights)
+        trained = arch_from_json(state["arch"])
+        if arch is not None and load_arch(arch) != trained:
+            raise CheckpointError(f"{weights} holds weights of another architecture ({trained}), not {arch}; "
+                                  "pass the matching --arch or leave it out")
+        if dataset is not None and dataset != state["dataset"]:
+            raise CheckpointError(f"{weights} was trained on {state['dataset']}, not {dataset}")
+        return {"arch": trained, "model": build_from_weights(state, str(weights)), "dataset": state["dataset"],
+                "model_cfg": ModelConfig.model_validate(state["model"]), "channels": state["in_channels"],
+                "size": state["image_size"], "trained": True}
+    if arch is None or dataset is None:
+        raise HwnasError("export: give --arch and --dataset (and --weights for a trained network)")
+    architecture = load_arch(arch)
+    classes, channels, size = DATASET_SHAPES[dataset]
+    if isinstance(architecture, RoutedArch):
+        space = load_space(architecture.space)
+        channels, size = space.input_channels, space.input_size
+    torch.manual_seed(0)
+    model_cfg = _recipe_model(dataset)
+    return {"arch": architecture, "model": build_model(architecture, model_cfg, classes, channels),
+            "dataset": dataset, "model_cfg": model_cfg, "channels": channels, "size": size, "trained": False}
+
+
+def real_images(dataset: str, channels: int, size: int, split: str, count: int,
+                data_root: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` images (and labels) of a split, preprocessed as in evaluation; DataError if absent."""
+    from hwnas.data import iterate_once, load_dataset
+
+    gray = DATASET_SHAPES[dataset][1] == 1
+    data = load_dataset(DataConfig(dataset=dataset, root=data_root, image_size=size,
+                                   channels=3 if gray and channels == 3 else None))
+    source = data.test if split == "test" else data.train
+    indices = torch.arange(min(count, len(source)))
+    x, y = zip(*iterate_once(source, indices, 256))
+    return torch.cat(x).numpy(), torch.cat(y).numpy()
+
+
+def _ort_outputs(session, x: np.ndarray, batch: int | None) -> np.ndarray:
+    """Outputs for all of `x`, fed in chunks of the model's fixed batch (or whole when dynamic)."""
+    name = session.get_inputs()[0].name
+    step = batch or len(x)
+    chunks = [session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x) - len(x) % step, step)]
+    return np.concatenate(chunks)
+
+
+@torch.no_grad()
+def _torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(x)).numpy()
+
+
+def parity(session, model: nn.Module, x: np.ndarray, batch: int | None) -> float:
+    """Max absolute difference between ONNX Runtime and PyTorch outputs on `x` (whole batches only)."""
+    usable = len(x) - len(x) % (batch or len(x))
+    ort_out = _ort_outputs(session, x[:usable], batch)
+    return float(np.abs(ort_out - _torch_outputs(model, x[:usable])).max())
+
+
+def _check_parity(name: str, diff: float) -> None:
+    if not diff <= TOLERANCE:
+        raise ExportError(f"ONNX Runtime and PyTorch disagree on {name} inputs: max abs difference {diff:.3g} > "
+                          f"{TOLERANCE:g}; the export is not faithful (report this with the architecture)")
+
+
+def _writable(out: Path) -> None:
+    if out.exists():
+        raise HwnasError(f"{out} already exists; choose another --out or remove it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise HwnasError(f"cannot write {out}: {exc.strerror or exc}") from None
+
+
+def measure_latency(paths: dict[str, Path], shape: tuple[int, ...], threads: int, warmup: int, runs: int,
+                    estimator: str = "p10_ms") -> dict[str, dict[str, float]]:
+    """End-to-end latency of each ONNX file, measured as profilers/ort_runner.py measures a table's ops."""
+    from profilers import measure as timing
+    from profilers.ort_runner import bound_call
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    calls = {name: bound_call(open_session(path, threads), x) for name, path in paths.items()}
+    results = timing.measure(calls, warmup=warmup, runs=runs, prepare={name: x.sum for name in paths})
+    return {name: {"measured_ms": r[estimator], "median_ms": r["median_ms"], "cv": r["cv"], "stable": r["stable"]}
+            for name, r in results.items()}
+
+
+def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -> dict[str, Any]:
+    """The table's prediction for this network; an error when the table describes another network."""
+    from hwnas.latency.table import load_table
+    from hwnas.latency.validate import predict
+
+    table = load_table(table_path)
+    if isinstance(arch, RoutedArch):
+        space = load_space(arch.space)
+    else:
+        space = load_space(table.space)
+        if not hasattr(space, "init_channels"):
+            raise HwnasError(f"{table.source} is a table of the routing space {space.name}, not of cell networks")
+        ours = (model_cfg.init_channels, model_cfg.layers, size, model_cfg.layout)
+        theirs = (space.init_channels, space.layers, space.input_size, "cifar")
+        if ours != theirs:
+            raise HwnasError(f"{table.source} describes cell networks with C={theirs[0]}, {theirs[1]} cells at "
+                             f"{theirs[2]}x{theirs[2]}, this one has C={ours[0]}, {ours[1]} cells at {ours[2]}x{ours[2]}")
+    return {**predict(table, space, arch), "threads": int(table.meta["threads"]),
+            "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
+
+
+@contextlib.contextmanager
+def _silenced():
+    """ONNX Runtime's tools print progress to stdout and stderr; the report says what matters."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def mobile_format(onnx_path: Path, out: Path) -> dict[str, Any]:
+    """ONNX Runtime's mobile (.ort) file, after the mobile usability check (NNAPI / CoreML suitability)."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from onnxruntime.tools.mobile_helpers import usability_checker
+
+    messages = io.StringIO()
+    checker_log = logging.getLogger("hwnas.export.usability")
+    handler = logging.StreamHandler(messages)
+    checker_log.addHandler(handler)
+    checker_log.setLevel(logging.INFO)
+    checker_log.propagate = False
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            accelerators_may_help = usability_checker.analyze_model(onnx_path, logger=checker_log)
+    finally:
+        checker_log.removeHandler(handler)
+    verdicts = [line.strip() for line in messages.getvalue().splitlines() if "should perform well with" in line]
+    with tempfile.TemporaryDirectory() as tmp, _silenced():
+        convert_onnx_models_to_ort(onnx_path, output_dir=Path(tmp), optimization_styles=[OptimizationStyle.Fixed])
+        converted = Path(tmp) / (onnx_path.stem + ".ort")
+        if not converted.is_file():
+            raise ExportError(f"ONNX Runtime did not convert {onnx_path} to its mobile format")
+        converted.replace(out)
+    return {"path": str(out), "nnapi_or_coreml_may_help": bool(accelerators_may_help), "usability": verdicts}
+
+
+def quantize_int8(onnx_path: Path, out: Path, calibration: np.ndarray) -> None:
+    """Static QDQ quantization (int8 weights per channel, uint8 activations) calibrated on real images."""
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name: str, batch: int):
+            self.batches = iter([{name: calibration[i:i + batch]}
+                                 for i in range(0, len(calibration) - len(calibration) % batch, batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    model = onnx.load(str(onnx_path))
+    name = model.graph.input[0].name
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    batch = dim.dim_value if dim.HasField("dim_value") else 16
+    with tempfile.TemporaryDirectory() as tmp, _silenced():
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared))
+        quantize_static(str(prepared), str(out), Reader(name, batch), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+
+
+def export(arch: str | None, out: str | Path, weights: str | None = None, dataset: str | None = None,
+           table: str | None = None, ort_format: bool = False, quantize: str | None = None,
+           dynamic_batch: bool = False, batch: int = 1, threads: int = 1, runs: int = 100,
+           data_root: str | None = None) -> dict[str, Any]:
+    """Export, check and measure; returns the report. On any failure the files it made are removed."""
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise HwnasError(f"--out {out}: expected a file name ending in .onnx")
+    if batch < 1 or threads < 1 or runs < 1:
+        raise HwnasError(f"--batch, --threads and --runs must be at least 1 (got {batch}, {threads}, {runs})")
+    net = resolve_network(arch, weights, dataset)
+    prediction = table_prediction(table, net["arch"], net["model_cfg"], net["size"]) if table else None
+    files = {"onnx": out, "ort": out.with_suffix(".ort") if ort_format else None,
+             "int8": out.with_suffix(".int8.onnx") if quantize else None}
+    made = [path for path in files.values() if path]
+    for path in made:
+        _writable(path)
+    try:
+        return _export(net, (batch, net["channels"], net["size"], net["size"]), files, prediction, dynamic_batch,
+                       threads, runs, data_root)
+    except BaseException:
+        for path in made:  # nothing half-made is left behind
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[str, Path | None],
+            prediction: dict[str, Any] | None, dynamic_batch: bool, threads: int, runs: int,
+            data_root: str | None) -> dict[str, Any]:
+    model, architecture, out = net["model"].eval(), net["arch"], files["onnx"]
+    batch = shape[0]
+    export_onnx(model, shape, out, dynamic_batch=dynamic_batch)
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+    session = open_session(out, threads)
+    fixed = None if dynamic_batch else batch
+    random_x = np.random.default_rng(1).standard_normal((max(batch, 4) // batch * batch, *shape[1:])).astype(np.float32)
+    checks = {"tolerance": TOLERANCE, "random_max_abs_diff": parity(session, model, random_x, fixed)}
+    _check_parity("random", checks["random_max_abs_diff"])
+    try:
+        images, _ = real_images(net["dataset"], shape[1], shape[2], "test", REAL_IMAGES, data_root)
+    except DataError as exc:
+        images = None
+        checks["real"] = f"skipped: {exc}"
+        log.warning("parity on real images skipped: %s", exc)
+    if images is not None:
+        checks["real_max_abs_diff"] = parity(session, model, images, fixed)
+        checks["real_images"] = len(images) - len(images) % batch
+        _check_parity("real", checks["real_max_abs_diff"])
+
+    report: dict[str, Any] = {
+        "command": "export", "onnx": str(out), "arch": architecture.to_dict(), "arch_text": arch_text(architecture),
+        "dataset": net["dataset"], "trained": net["trained"], "input_shape": list(shape),
+        "dynamic_batch": dynamic_batch, "opset": OPSET, "checker": "passed", "parity": checks,
+        "params": count_parameters(model), "macs": count_macs(model, shape[1:]),
+    }
+    if files["ort"]:
+        report["ort"] = mobile_format(out, files["ort"])
+        report["ort"]["random_max_abs_diff"] = parity(open_session(files["ort"], threads), model, random_x, fixed)
+        _check_parity("random (.ort)", report["ort"]["random_max_abs_diff"])
+    timed = {"fp32": out}
+    if files["int8"]:
+        if images is None:
+            raise ExportError(f"--quantize int8 calibrates on real images, and {net['dataset']} is not available "
+                              f"({checks['real']})")
+        report["int8"] = int8_accuracy(out, files["int8"], net, shape, fixed, threads, data_root)
+        timed["int8"] = files["int8"]
+    # measured as the table was made (its threads, runs and statistic), else as `hwnas profile` defaults
+    settings = {"threads": prediction["threads"], "warmup": prediction["warmup"], "runs": prediction["runs"],
+                "estimator": prediction["estimator"]} if prediction else \
+        {"threads": threads, "warmup": 10, "runs": runs, "estimator": "p10_ms"}
+    measured = measure_latency(timed, shape, **settings)
+    report["latency"] = {**settings, "batch": batch, **measured["fp32"]}
+    if prediction:
+        report["latency"].update(predicted_ms=prediction["predicted_ms"], table=prediction["table"],
+                                 breakdown_ms=prediction["breakdown_ms"],
+                                 error_pct=100 * (prediction["predicted_ms"] / measured["fp32"]["measured_ms"] - 1))
+    if files["int8"]:
+        report["int8"].update(measured_ms=measured["int8"]["measured_ms"],
+                              speedup=measured["fp32"]["measured_ms"] / measured["int8"]["measured_ms"])
+    return report
+
+
+def int8_accuracy(fp32: Path, int8: Path, net: dict[str, Any], shape: tuple[int, ...], fixed: int | None,
+                  threads: int, data_root: str | None) -> dict[str, Any]:
+    """Quantize `fp32` into `int8` on real training images; test accuracy of both with ONNX Runtime."""
+    calibration, _ = real_images(net["dataset"], shape[1], shape[2], "train", CALIBRATION_IMAGES, data_root)
+    quantize_int8(fp32, int8, calibration)
+    test_x, test_y = real_images(net["dataset"], shape[1], shape[2], "test", EVAL_IMAGES, data_root)
+    usable = len(test_x) - len(test_x) % shape[0]
+    accuracy = {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        logits = _ort_outputs(open_session(path, threads), test_x[:usable], fixed)
+        accuracy[name] = float((logits.argmax(axis=1) == test_y[:usable]).mean())
+    return {"path": str(int8), "test_images": usable, "calibration_images": len(calibration),
+            "fp32_acc": accuracy["fp32"], "int8_acc": accuracy["int8"],
+            "accuracy_drop": accuracy["fp32"] - accuracy["int8"]}

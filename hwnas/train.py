@@ -1,0 +1,247 @@
+"""The one final-training loop every derived network runs on: cell genotypes (with the auxiliary head and
+drop-path of the DARTS recipes), GDAS fixed-reduction-cell networks and routed DenseNAS networks.
+
+SGD with a cosine or exponential schedule, label smoothing, gradient clipping; an evaluation each
+epoch (on a held-out share of the training set, or on the test set as the releases do); an atomic
+checkpoint each epoch that `resume` continues from bit for bit on the CPU; `weights/last.pt` and
+`weights/best.pt`; at the end the test accuracy and confusion matrix of both in `report.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from hwnas.config import ModelConfig, TrainConfig, config_to_dict
+from hwnas.data import BatchStream, Source, iterate_once, load_dataset, split_indices, subset_indices
+from hwnas.errors import CheckpointError
+from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
+from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
+from hwnas.search import _Mean, _seed, cosine_lr
+
+log = logging.getLogger("hwnas.train")
+
+WEIGHTS_FORMAT = "hwnas-weights/1"
+
+
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    recipe = config.train
+    opt = recipe.optimizer
+    if recipe.schedule == "exponential":
+        return opt.lr * recipe.lr_decay ** epoch
+    return cosine_lr(epoch, recipe.epochs, opt.lr, opt.lr_min)
+
+
+@torch.no_grad()
+def predictions(model: nn.Module, source: Source, indices: torch.Tensor | None, batch_size: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Predicted classes, true classes and the mean cross-entropy over `indices` (all when None), eval mode."""
+    model.eval()
+    predicted, labels, loss = [], [], _Mean()
+    for x, y in iterate_once(source, indices, batch_size):
+        logits = model(x.to(device))
+        loss.add(nn.functional.cross_entropy(logits, y.to(device)).item(), len(y))
+        predicted.append(logits.argmax(dim=1).cpu())
+        labels.append(y)
+    return torch.cat(predicted), torch.cat(labels), loss.value
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[list[int]]:
+    """Rows: true class; columns: predicted class."""
+    counts = torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    return counts.view(num_classes, num_classes).tolist()
+
+
+def weights_file(arch_json: dict[str, Any], model_cfg: ModelConfig, num_classes: int, in_channels: int,
+                 image_size: int, dataset: str, epoch: int, model: nn.Module) -> dict[str, Any]:
+    """What `hwnas export` needs to rebuild the network: the architecture, its settings and the weights."""
+    return {"format": WEIGHTS_FORMAT, "arch": arch_json, "model": config_to_dict(model_cfg),
+            "num_classes": num_classes, "in_channels": in_channels, "image_size": image_size, "dataset": dataset,
+            "epoch": epoch, "state_dict": model.state_dict()}
+
+
+def load_weights(path: str | Path) -> dict[str, Any]:
+    state = load_checkpoint(Path(path))
+    if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError(f"{path}: not an hwnas weights file (written by `hwnas train` under weights/); "
+                              "a training checkpoint is checkpoints/train.pt, its weights are weights/last.pt")
+    return state
+
+
+def build_from_weights(state: dict[str, Any], source: str) -> nn.Module:
+    """The network a weights file describes, with its weights loaded."""
+    model = build_model(arch_from_json(state["arch"]), ModelConfig.model_validate(state["model"]),
+                        state["num_classes"], state["in_channels"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{source}: weights do not fit the architecture it names "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+    return model
+
+
+def arch_text(arch) -> str:
+    """A routed architecture block by block (REFERENCE.md's format), a genotype as it prints."""
+    from hwnas.routed import RoutedArch
+    from hwnas.spaces.definition import load_space
+
+    return arch.format(load_space(arch.space)) if isinstance(arch, RoutedArch) else str(arch)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False):
+        self.config, self.arch, self.run, self.quiet = config, arch, run, quiet
+        self.device = torch.device(config.device)
+        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+        self.dataset = load_dataset(config.data)
+        recipe = config.train
+        n = len(self.dataset.train)
+        if recipe.valid_portion > 0:
+            self.train_idx, self.eval_idx = split_indices(n, 1 - recipe.valid_portion, config.data.train_subset)
+            self.eval_source, self.eval_name = self.dataset.train, "valid"
+        else:
+            self.train_idx = subset_indices(n, config.data.train_subset).sort().values
+            self.eval_source, self.eval_idx, self.eval_name = self.dataset.test, None, "test"
+        torch.manual_seed(_seed(config.seed, "train", "init"))
+        self.model = build_model(arch, config.model, self.dataset.num_classes, self.dataset.channels)
+        self.model.to(self.device, memory_format=self.memory_format)
+        opt = recipe.optimizer
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt.lr, momentum=opt.momentum,
+                                         weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+        self.stream = BatchStream(self.dataset.train, self.train_idx, recipe.batch_size,
+                                  _seed(config.seed, "train", "batches"), config.data.augment)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.history: list[dict[str, Any]] = []
+        self.best_acc = -1.0
+
+    def fit(self) -> None:
+        recipe = self.config.train
+        start = self._restore()
+        steps = self.stream.batches_per_pass
+        if recipe.steps_per_epoch:
+            steps = min(steps, recipe.steps_per_epoch)
+        if start == 0:
+            log.info("training %s: %d parameters, %d steps/epoch of %d images", type(self.model).__name__,
+                     count_parameters(self.model), steps, recipe.batch_size)
+        for epoch in range(start, recipe.epochs):
+            started = time.perf_counter()
+            lr = learning_rate(self.config, epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if hasattr(self.model, "drop_path_prob"):
+                self.model.drop_path_prob = recipe.drop_path_prob * epoch / recipe.epochs
+            train_loss, train_acc = self._epoch(steps, f"train {epoch + 1}/{recipe.epochs}")
+            predicted, labels, eval_loss = predictions(self.model, self.eval_source, self.eval_idx,
+                                                       recipe.batch_size, self.device)
+            eval_acc = (predicted == labels).float().mean().item()
+            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+                   f"{self.eval_name}_loss": eval_loss, f"{self.eval_name}_acc": eval_acc,
+                   "seconds": time.perf_counter() - started}
+            self.history.append(row)
+            log.info("epoch %d/%d  lr %.4g  train loss %.3f acc %.3f  %s loss %.3f acc %.3f  (%.1fs)", epoch + 1,
+                     recipe.epochs, lr, train_loss, train_acc, self.eval_name, eval_loss, eval_acc, row["seconds"])
+            self._save(epoch + 1, eval_acc)
+
+    def _epoch(self, steps: int, desc: str) -> tuple[float, float]:
+        recipe = self.config.train
+        self.model.train()
+        loss_mean, acc_mean = _Mean(), _Mean()
+        bar = tqdm(range(steps), desc=desc, leave=False, disable=self.quiet or not sys.stderr.isatty())
+        for _ in bar:
+            x, y = next(self.stream)
+            x, y = x.to(self.device, memory_format=self.memory_format), y.to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.model(x)
+            logits, aux = out if isinstance(out, tuple) else (out, None)
+            loss = self.criterion(logits, y)
+            if aux is not None:
+                loss = loss + recipe.auxiliary_weight * self.criterion(aux, y)
+            loss.backward()
+            if recipe.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), recipe.grad_clip)
+            self.optimizer.step()
+            loss_mean.add(loss.item(), len(y))
+            acc_mean.add((logits.argmax(dim=1) == y).float().mean().item(), len(y))
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return loss_mean.value, acc_mean.value
+
+    def weights(self, epoch: int) -> dict[str, Any]:
+        data = self.config.data
+        return weights_file(self.arch.to_dict(), self.config.model, self.dataset.num_classes, self.dataset.channels,
+                            self.dataset.image_size, data.dataset, epoch, self.model)
+
+    def _save(self, epochs_done: int, eval_acc: float) -> None:
+        # best first: a kill between the two writes leaves a checkpoint that re-does this epoch
+        if eval_acc > self.best_acc:
+            self.best_acc = eval_acc
+            save_checkpoint(self.run.file("weights/best.pt"), self.weights(epochs_done))
+        save_checkpoint(self.run.file("weights/last.pt"), self.weights(epochs_done))
+        state = {"epochs_done": epochs_done, "model": self.model.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "stream": self.stream.state_dict(),
+                 "rng": torch.get_rng_state(), "history": self.history, "best_acc": self.best_acc}
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+        save_checkpoint(self.run.checkpoint("train"), state)
+        write_csv(self.run.file("metrics.csv"), self.history)
+
+    def _restore(self) -> int:
+        path = self.run.checkpoint("train")
+        if not path.exists():
+            return 0
+        state = load_checkpoint(path)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.stream.load_state_dict(state["stream"])
+            torch.set_rng_state(state["rng"])
+            if "cuda_rng" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+            self.history, self.best_acc = list(state["history"]), float(state["best_acc"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path}: does not match this training ({str(exc).splitlines()[0][:160]})") from None
+        log.info("resumed after epoch %d", state["epochs_done"])
+        return int(state["epochs_done"])
+
+    def test(self, weights: str) -> dict[str, Any]:
+        """Test accuracy and confusion matrix of the weights saved as `weights` (last or best)."""
+        state = load_weights(self.run.file(f"weights/{weights}.pt"))
+        self.model.load_state_dict(state["state_dict"])
+        predicted, labels, loss = predictions(self.model, self.dataset.test, None, self.config.train.batch_size,
+                                              self.device)
+        return {"epoch": state["epoch"], "test_acc": (predicted == labels).float().mean().item(), "test_loss": loss,
+                "confusion_matrix": confusion_matrix(predicted, labels, self.dataset.num_classes)}
+
+
+def train(config: TrainConfig, arch, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Train the final network of `arch`; returns the report (also written to `report.json`)."""
+    started = time.perf_counter()
+    run = RunDir.prepare(out, {"arch": arch.to_dict(), **config_to_dict(config)}, resume)
+    trainer = Trainer(config, arch, run, quiet)
+    trainer.fit()
+    last, best = trainer.test("last"), trainer.test("best")
+    from hwnas.plots import plot_confusion_matrix, plot_training_curves
+
+    plots = plot_training_curves(trainer.history, run.path / "training_curves.png")
+    plots += plot_confusion_matrix(last["confusion_matrix"], run.path / "confusion_matrix.png",
+                                   f"test accuracy {last['test_acc']:.2%} (last epoch)")
+    model, data = trainer.model, trainer.dataset
+    report = {
+        "command": "train", "run_dir": str(run.path), "arch": arch.to_dict(), "arch_text": arch_text(arch),
+        "network": type(model).__name__, "dataset": data.name, "num_classes": data.num_classes,
+        "params": count_parameters(model), "macs": count_macs(model, (data.channels, data.image_size, data.image_size)),
+        "epochs": len(trainer.history), "eval_split": trainer.eval_name,
+        "test_acc": last["test_acc"], "last": last, "best": best,
+        "train_seconds": round(sum(row["seconds"] for row in trainer.history), 2),
+        "seconds_this_session": round(time.perf_counter() - started, 2),
+        "weights": {"last": str(run.file("weights/last.pt")), "best": str(run.file("weights/best.pt"))},
+        "plots": [p.name for p in plots],
+    }
+    write_json(run.file("report.json"), report)
+    return report

@@ -80,11 +80,11 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
 
 def _show_export(r: dict[str, Any]) -> None:
     parity = r["parity"]
-    real = (f", real images {parity['real_max_abs_diff']:.2e}" if "real_max_abs_diff" in parity
-            else f"; real images {parity['real']}")
+    real = (f", real images {parity['real']['max_abs_diff']:.2e} (tolerance {parity['real']['tolerance']:.1e})"
+            if isinstance(parity["real"], dict) else f"; real images {parity['real']}")
     print(f"wrote {r['onnx']} ({r['params']:,} parameters, {r['macs'] / 1e6:.1f} M multiply-adds, "
           f"{'trained' if r['trained'] else 'untrained'})")
-    print(f"  onnx.checker passed; max |ORT - PyTorch|: random {parity['random_max_abs_diff']:.2e}{real}")
+    print(f"  onnx.checker passed; max |ORT - PyTorch|: random {parity['random']['max_abs_diff']:.2e}{real}")
     lat = r["latency"]
     line = f"  latency (ORT, {lat['threads']} thread, batch {lat['batch']}): {lat['measured_ms']:.3f} ms measured"
     if "predicted_ms" in lat:
@@ -96,6 +96,24 @@ def _show_export(r: dict[str, Any]) -> None:
         q = r["int8"]
         print(f"  int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} test "
               f"images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)")
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.config import RunConfig, build_config
+    from hwnas.pipeline import load_run_config, run
+    from hwnas.runs import RunDir
+
+    if args.resume and args.out and not args.config and not args.set:
+        config = build_config(RunConfig, RunDir.saved_config(args.out), f"{args.out}/config.yaml")
+    else:
+        config = load_run_config(args.config, args.set)
+    return run(config, args.out or _default_out("run"), resume=args.resume, quiet=args.quiet)
+
+
+def _show_run(result: dict[str, Any]) -> None:
+    from hwnas.pipeline import summary
+
+    print(summary(result))
 
 
 def _default_out(prefix: str) -> str:
@@ -187,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="hwnas", description="Hardware-aware neural architecture search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="the whole job: table, search under a budget, train, export, verify")
+    p.add_argument("config", nargs="?", help="run config YAML (default configs/run/quickstart.yaml)")
+    p.add_argument("--out", help="run directory (default runs/run-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run config value, e.g. --set budget_ms=6")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run, show=_show_run)
 
     p = sub.add_parser("search", help="search an architecture")
     p.add_argument("method", choices=method_names())
@@ -291,10 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
-    if getattr(args, "json", False) or getattr(args, "quiet", False):
-        logging.getLogger("hwnas").setLevel(logging.WARNING)
+    # hwnas's own messages at INFO; libraries (ONNX Runtime's tools, ...) only when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    quiet = getattr(args, "json", False) or getattr(args, "quiet", False)
+    logging.getLogger("hwnas").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
         result = args.func(args)
     except HwnasError as exc:

@@ -174,6 +174,29 @@ class TrainConfig(Strict):
     _device = field_validator("device")(lambda value: check_device(value))
 
 
+class StageConfig(Strict):
+    config: str = Field(description="the stage's recipe YAML")
+    set: list[str] = Field([], description="overrides, as with --set")
+
+
+class RunExportConfig(Strict):
+    ort: bool = Field(True, description="also write ONNX Runtime's mobile format")
+    quantize: Literal["int8"] | None = None
+    dynamic_batch: bool = False
+
+
+class RunConfig(Strict):
+    """`hwnas run`: profile (when the shipped table is not from this machine), search under a budget,
+    train, export and verify."""
+
+    table: str = Field(description="shipped latency table, used when it was measured on this machine's CPU "
+                                   "and ONNX Runtime version; otherwise the space is profiled first")
+    budget_ms: float = Field(gt=0.0, description="latency budget of the derived network")
+    search: StageConfig
+    train: StageConfig
+    export: RunExportConfig = RunExportConfig()
+
+
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 

@@ -1,8 +1,10 @@
 """Export a final network to ONNX for deployment, and prove the file is right.
 
 The eval-mode graph (no auxiliary head, no drop-path, BN folded) is exported with a fixed or dynamic
-batch axis, passes `onnx.checker`, and must give ONNX Runtime outputs within 1e-4 (max absolute
-difference) of PyTorch's on random and on real images, or the export fails and leaves nothing behind.
+batch axis, passes `onnx.checker`, and must give ONNX Runtime outputs within 1e-4 of PyTorch's on random
+and on real images, or the export fails and leaves nothing behind. The 1e-4 is absolute for outputs up
+to magnitude 1 and relative to the largest output beyond that: a trained classifier's logits reach tens,
+where fp32 PyTorch itself differs from an fp64 evaluation by more than 1e-4 absolute.
 Its latency is measured as the profiler measures a table (same session settings, interleaved timed
 runs, the table's statistic) and printed beside the table's prediction. Optionally: ONNX Runtime's
 mobile format (`.ort`) after its mobile usability check, and static int8 quantization calibrated on
@@ -108,17 +110,19 @@ def _torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(x)).numpy()
 
 
-def parity(session, model: nn.Module, x: np.ndarray, batch: int | None) -> float:
-    """Max absolute difference between ONNX Runtime and PyTorch outputs on `x` (whole batches only)."""
+def parity(session, model: nn.Module, x: np.ndarray, batch: int | None, name: str) -> dict[str, Any]:
+    """ONNX Runtime against PyTorch on `x` (whole batches only): max absolute difference, the tolerance
+    it is held to, and top-1 agreement. Raises ExportError when the difference exceeds the tolerance."""
     usable = len(x) - len(x) % (batch or len(x))
     ort_out = _ort_outputs(session, x[:usable], batch)
-    return float(np.abs(ort_out - _torch_outputs(model, x[:usable])).max())
-
-
-def _check_parity(name: str, diff: float) -> None:
-    if not diff <= TOLERANCE:
+    torch_out = _torch_outputs(model, x[:usable])
+    diff = float(np.abs(ort_out - torch_out).max())
+    tolerance = TOLERANCE * max(1.0, float(np.abs(torch_out).max()))
+    if not diff <= tolerance:
         raise ExportError(f"ONNX Runtime and PyTorch disagree on {name} inputs: max abs difference {diff:.3g} > "
-                          f"{TOLERANCE:g}; the export is not faithful (report this with the architecture)")
+                          f"{tolerance:.3g}; the export is not faithful (report this with the architecture)")
+    return {"max_abs_diff": diff, "tolerance": tolerance, "images": usable,
+            "top1_agreement": float((ort_out.argmax(axis=1) == torch_out.argmax(axis=1)).mean())}
 
 
 def _writable(out: Path) -> None:
@@ -169,8 +173,12 @@ def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -
 @contextlib.contextmanager
 def _silenced():
     """ONNX Runtime's tools print progress to stdout and stderr; the report says what matters."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def mobile_format(onnx_path: Path, out: Path) -> dict[str, Any]:
@@ -259,18 +267,14 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
     session = open_session(out, threads)
     fixed = None if dynamic_batch else batch
     random_x = np.random.default_rng(1).standard_normal((max(batch, 4) // batch * batch, *shape[1:])).astype(np.float32)
-    checks = {"tolerance": TOLERANCE, "random_max_abs_diff": parity(session, model, random_x, fixed)}
-    _check_parity("random", checks["random_max_abs_diff"])
+    checks: dict[str, Any] = {"random": parity(session, model, random_x, fixed, "random")}
     try:
         images, _ = real_images(net["dataset"], shape[1], shape[2], "test", REAL_IMAGES, data_root)
+        checks["real"] = parity(session, model, images, fixed, "real")
     except DataError as exc:
         images = None
         checks["real"] = f"skipped: {exc}"
         log.warning("parity on real images skipped: %s", exc)
-    if images is not None:
-        checks["real_max_abs_diff"] = parity(session, model, images, fixed)
-        checks["real_images"] = len(images) - len(images) % batch
-        _check_parity("real", checks["real_max_abs_diff"])
 
     report: dict[str, Any] = {
         "command": "export", "onnx": str(out), "arch": architecture.to_dict(), "arch_text": arch_text(architecture),
@@ -280,8 +284,7 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
     }
     if files["ort"]:
         report["ort"] = mobile_format(out, files["ort"])
-        report["ort"]["random_max_abs_diff"] = parity(open_session(files["ort"], threads), model, random_x, fixed)
-        _check_parity("random (.ort)", report["ort"]["random_max_abs_diff"])
+        report["ort"]["parity"] = parity(open_session(files["ort"], threads), model, random_x, fixed, "random (.ort)")
     timed = {"fp32": out}
     if files["int8"]:
         if images is None:

@@ -169,3 +169,56 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: Path, title: st
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return [path]
+
+
+def draw_routed_arch(arch, space, path: Path) -> Path:
+    """The derived network block by block: one box per block (head op and kept stack ops), with its
+    width, resolution and stride, from the stem to the final 1x1 block."""
+    size = space.input_size // space.stem_stride
+    boxes = [("stem", [f"conv3x3 s{space.stem_stride}", space.stem_op], space.widths[0], size)]
+    for prev, block in zip(arch.path, arch.blocks):
+        stride = space.stride(prev, block.block)
+        size //= stride
+        boxes.append((f"block {block.block}", [f"{block.head} s{stride}", *block.stack], space.width(block.block), size))
+    boxes.append(("final", ["conv1x1", "pool + linear"], space.final_width, size))
+    fig, ax = plt.subplots(figsize=(1.6 * len(boxes) + 0.5, 3.6))
+    tallest = max(len(ops) for _, ops, _, _ in boxes)
+    for i, (name, ops, width, side) in enumerate(boxes):
+        height = 0.5 + 0.35 * len(ops)
+        ax.add_patch(plt.Rectangle((i * 1.6, 0), 1.3, height, facecolor="tab:blue" if name.startswith("block")
+                                   else "lightgray", alpha=0.25, edgecolor="black"))
+        ax.text(i * 1.6 + 0.65, height + 0.1, f"{name}\n{width} ch, {side}x{side}", ha="center", va="bottom", fontsize=8)
+        for j, op in enumerate(ops):
+            ax.text(i * 1.6 + 0.65, height - 0.35 * (j + 1), op.replace("mbconv_", ""), ha="center", va="center",
+                    fontsize=7)
+        if i:
+            ax.annotate("", xy=(i * 1.6, 0.25), xytext=(i * 1.6 - 0.3, 0.25), arrowprops={"arrowstyle": "->"})
+    ax.set(xlim=(-0.2, 1.6 * len(boxes)), ylim=(-0.2, 1.2 + 0.35 * tallest))
+    ax.axis("off")
+    ax.set_title(f"{space.name}: {len(arch.blocks)} routing blocks on the path", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_budget(breakdown: dict[str, float], predicted: float, measured: float, budget: float,
+                           path: Path) -> Path:
+    """Predicted latency stacked by part of the network, the measured latency, and the budget."""
+    fig, ax = plt.subplots(figsize=(7, 2.6))
+    left = 0.0
+    colors = plt.cm.tab20.colors
+    for i, (part, ms) in enumerate(breakdown.items()):
+        ax.barh("predicted (table)", ms, left=left, color=colors[i % len(colors)], label=part)
+        left += ms
+    if predicted > left:  # the per-call overhead counted once for the network
+        ax.barh("predicted (table)", predicted - left, left=left, color="lightgray", label="call overhead")
+    ax.barh("measured (ORT)", measured, color="tab:blue")
+    ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g} ms")
+    ax.axvline(1.05 * budget, color="tab:red", linestyle=":", linewidth=1, label="budget +5%")
+    ax.set(xlabel="latency (ms)")
+    ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

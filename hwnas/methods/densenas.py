@@ -29,6 +29,7 @@ The release alternates whole epochs of weight and architecture updates (`search.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +45,7 @@ from hwnas.latency.cost import RoutingCost
 from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
 from hwnas.routed import RoutedArch
-from hwnas.spaces.definition import RoutingSpace, load_space
+from hwnas.spaces.definition import RoutingSpace, load_space, space_path
 from hwnas.spaces.routing import RoutingSupernet
 
 
@@ -187,8 +188,12 @@ class DenseNas(SearchMethod):
         weights = self.weights(model)
         if self.options.latency_loss == "budget" and self.cost:
             budget = self.options.budget_ms
-            return budget_viterbi(self.space, weights, self.cost, budget, (1 - self.options.budget_slack) * budget)
-        return viterbi(self.space, weights)
+            arch = budget_viterbi(self.space, weights, self.cost, budget, (1 - self.options.budget_slack) * budget)
+        else:
+            arch = viterbi(self.space, weights)
+        # a user's own space is named by its file, so `hwnas train` and `export` can load it again
+        shipped = space_path(self.space.name) == space_path(self.options.space)
+        return arch if shipped else replace(arch, space=str(space_path(self.options.space).resolve()))
 
     def arch_weights(self, model: nn.Module) -> dict[str, list]:
         weights = self.weights(model)

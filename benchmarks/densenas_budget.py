@@ -5,8 +5,9 @@ end with ONNX Runtime (1 thread, batch 1, the table's runner settings), against 
     python benchmarks/densenas_budget.py --out benchmarks/results/densenas_budget.json
 
 Searches run first (each `hwnas search densenas --budget-ms B` with configs/search/densenas_digits.yaml);
-then every derived network is measured in the same interleaved rounds, on an otherwise quiet machine.
-Accuracy after final training needs the training loop (issue 6) and is not measured here.
+then every derived network is measured in the same interleaved rounds, on an otherwise quiet machine;
+then each is trained with the quick recipe (configs/train/densenas_digits.yaml) and its digits test
+accuracy recorded. `--train-only` adds the accuracies to an existing result file without searching again.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from pathlib import Path
 import torch
 
 from hwnas.cli import main as hwnas
+from hwnas.config import TrainConfig, load_config
 from hwnas.latency.cost import RoutingCost
 from hwnas.latency.networks import build_network, input_shape
 from hwnas.latency.table import load_table
 from hwnas.latency.validate import network_calls
 from hwnas.routed import RoutedArch
 from hwnas.spaces.definition import load_space
+from hwnas.train import train
 from profilers import measure as timing
 
 TABLE = "latency_tables/amd-epyc-2core-ort-1thread/densenas_32.csv"
+TRAIN_RECIPE = "configs/train/densenas_digits.yaml"
 FRACTIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
@@ -38,7 +42,13 @@ def main() -> None:
     parser.add_argument("--runs", default="runs/budget-benchmark", help="where the search runs go")
     parser.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS),
                         help="budgets as fractions of the way from the smallest to the largest latency")
+    parser.add_argument("--train-only", action="store_true", help="train the networks of an existing --out file")
     args = parser.parse_args()
+    if args.train_only:
+        report = json.loads(Path(args.out).read_text())
+        train_rows(report["rows"])
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        return
     space, table = load_space("densenas_32"), load_table(TABLE)
     low, high = RoutingCost(space, table).bounds()
     rows = []
@@ -66,11 +76,23 @@ def main() -> None:
         row["predicted_within_budget"] = row["predicted_ms"] <= row["budget_ms"]
         print(f"budget {row['budget_ms']:.3f}  predicted {row['predicted_ms']:.3f}  measured {row['measured_ms']:.3f} "
               f"({row['measured_vs_budget_pct']:+.1f}%)", flush=True)
+    train_rows(rows)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "table": TABLE, "feasible_ms": [low, high],
               "estimator": table.estimator, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
+
+
+def train_rows(rows: list[dict]) -> None:
+    """Quick final training of each row's network on digits: test accuracy of the last epoch."""
+    config = load_config(TrainConfig, TRAIN_RECIPE)
+    for row in rows:
+        out = Path(row["run_dir"] + "-train")
+        report = train(config, RoutedArch.from_dict(row["arch"]), out, resume=(out / "config.yaml").is_file(), quiet=True)
+        row.update(test_acc=report["test_acc"], train_seconds=report["train_seconds"], train_recipe=TRAIN_RECIPE,
+                   params=report["params"], macs=report["macs"])
+        print(f"budget {row['budget_ms']:.3f} ms: test accuracy {report['test_acc']:.2%}", flush=True)
 
 
 if __name__ == "__main__":

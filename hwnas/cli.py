@@ -32,7 +32,9 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
     if args.table:
         overrides.append(f"method.table={args.table}")
     if args.budget_ms is not None:
-        overrides += [f"method.budget_ms={args.budget_ms}", "method.latency_loss=budget"]
+        overrides.append(f"method.budget_ms={args.budget_ms}")
+        if args.method == "densenas":
+            overrides.append("method.latency_loss=budget")
     config = build_config(SearchConfig, data, source, overrides)
     if config.method.name != args.method:
         raise HwnasError(f"{source} is a `{config.method.name}` config, not `{args.method}`")
@@ -223,8 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set search.epochs=3")
-    p.add_argument("--table", help="latency table CSV (DenseNAS): sets method.table")
-    p.add_argument("--budget-ms", type=float, help="latency budget in ms (DenseNAS): the derived network meets it by the table")
+    p.add_argument("--table", help="latency table CSV (a routing space for DenseNAS, a cell space such as "
+                                   "darts_cifar10 for the cell methods): sets method.table")
+    p.add_argument("--budget-ms", type=float, help="latency budget in ms: the derived network meets it by the table")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_search, show=lambda r: print(f"architecture:\n{r['arch_text']}\nrun directory: {r['run_dir']}"))
@@ -253,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: fixed --batch)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="ORT threads for timing (a --table's own otherwise)")
-    p.add_argument("--runs", type=int, default=100, help="timed runs (a --table's own otherwise)")
+    p.add_argument("--runs", type=int, default=300, help="timed runs (at least; more when a --table used more)")
     p.add_argument("--data-root", help="dataset folder for the real-image checks (default: the dataset's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_export, show=_show_export)

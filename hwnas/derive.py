@@ -6,10 +6,12 @@ Cell spaces: the DARTS rule (REFERENCE.md section 1). Routing spaces: Viterbi pa
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 
 from hwnas.errors import HwnasError
@@ -18,7 +20,7 @@ from hwnas.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import RoutingSpace
 
 if TYPE_CHECKING:
-    from hwnas.latency.cost import RoutingCost
+    from hwnas.latency.cost import CellCost, RoutingCost
 
 
 def derive_cell(weights: torch.Tensor, edge_primitives: Sequence[Sequence[str]], nodes: int) -> Pairs:
@@ -52,6 +54,86 @@ def derive_genotype(weights: dict[str, torch.Tensor], edge_primitives: dict[str,
         derive_cell(weights["normal"], edge_primitives["normal"], nodes), concat,
         derive_cell(weights["reduce"], edge_primitives["reduce"], nodes), concat,
     )
+
+
+def budget_genotype(weights: dict[str, torch.Tensor], edge_primitives: dict[str, Sequence[Sequence[str]]], nodes: int,
+                    cost: "CellCost", budget_ms: float, min_ms: float = 0.0, skip_limit: int | None = None,
+                    resolution: int = 500) -> Genotype:
+    """The highest-scoring genotype whose table latency lies in [min_ms, budget_ms], else the highest-scoring
+    one under budget_ms. Score: sum of log weight(op) over the kept (edge, op) pairs, so with a loose budget
+    this is the DARTS rule (per node the two edges with the strongest op, that op on each). With
+    `skip_limit`, at most that many skip-connects in the normal cell (P-DARTS's rule).
+
+    Dynamic programming over the 2 x nodes (cell type, node) choices, with the latency left under the
+    budget as the resource in `resolution` buckets; each choice's latency is rounded up to whole buckets,
+    so a genotype the DP accepts never exceeds the budget, and the true latency of each state is kept."""
+    spare = budget_ms - cost.fixed
+    items = [_node_options(weights[kind].detach().cpu(), edge_primitives[kind], kind, node, cost)
+             for kind in ("normal", "reduce") for node in range(nodes)]
+    low = cost.fixed + sum(min(ms for ms, *_ in options) for options in items)
+    if low > budget_ms:
+        raise HwnasError(f"no genotype fits a budget of {budget_ms:g} ms; the smallest feasible latency of these "
+                         f"candidates with this table is {low:.3f} ms")
+    width = spare / resolution
+    skip_states = 1 if skip_limit is None else skip_limit + 1
+    score = np.full((skip_states, resolution + 1), -np.inf)
+    latency = np.zeros_like(score)
+    score[0, 0] = 0.0
+    back = []
+    for options in items:
+        new_score, new_latency = np.full_like(score, -np.inf), np.zeros_like(latency)
+        choice = np.full(score.shape, -1)
+        for o, (ms, option_score, skips, _) in enumerate(options):
+            d = math.ceil(ms / width - 1e-9)
+            skips = skips if skip_limit is not None else 0
+            if d > resolution or skips >= skip_states:
+                continue
+            for sk in range(skip_states - skips):
+                candidate = score[sk, : resolution + 1 - d] + option_score
+                target = new_score[sk + skips, d:]
+                better = candidate > target
+                target[better] = candidate[better]
+                new_latency[sk + skips, d:][better] = latency[sk, : resolution + 1 - d][better] + ms
+                choice[sk + skips, d:][better] = o
+        score, latency = new_score, new_latency
+        back.append(choice)
+    reached = np.isfinite(score)
+    in_window = reached & (cost.fixed + latency >= min_ms)
+    pool = in_window if in_window.any() else reached
+    sk, b = np.unravel_index(np.argmax(np.where(pool, score, -np.inf)), score.shape)
+    chosen = []
+    for options, choice in zip(reversed(items), reversed(back)):
+        ms, _, skips, pairs = options[choice[sk, b]]
+        chosen.append(pairs)
+        sk -= skips if skip_limit is not None else 0
+        b -= math.ceil(ms / width - 1e-9)
+    chosen.reverse()
+    concat = tuple(range(2, 2 + nodes))
+    normal = tuple(pair for pairs in chosen[:nodes] for pair in pairs)
+    reduce = tuple(pair for pairs in chosen[nodes:] for pair in pairs)
+    return Genotype(normal, concat, reduce, concat)
+
+
+def _node_options(weights: torch.Tensor, edge_primitives: Sequence[Sequence[str]], kind: str, node: int,
+                  cost: "CellCost") -> list[tuple[float, float, int, tuple]]:
+    """(latency, score, normal-cell skips, ((op, input), (op, input))) of every way node `node` can keep two
+    distinct inputs with one non-`none` op each; the stronger pair first (ties: the lower input)."""
+    first_edge = sum(2 + n for n in range(node))
+    singles = []
+    for state in range(node + 2):
+        for k, name in enumerate(edge_primitives[first_edge + state]):
+            w = float(weights[first_edge + state, k])
+            if name != "none" and w > 0:
+                singles.append((w, state, name, cost.op_ms(kind, state, name)))
+    options = []
+    for a, b in itertools.combinations(singles, 2):
+        if a[1] == b[1]:
+            continue
+        first, second = sorted((a, b), key=lambda x: (-x[0], x[1]))
+        skips = sum(x[2] == "skip_connect" for x in (a, b)) if kind == "normal" else 0
+        options.append((a[3] + b[3], math.log(a[0]) + math.log(b[0]), skips,
+                        ((first[2], first[1]), (second[2], second[1]))))
+    return options
 
 
 # ---- routing spaces ----

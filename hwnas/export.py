@@ -233,7 +233,7 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: np.ndarray) -> None:
 
 def export(arch: str | None, out: str | Path, weights: str | None = None, dataset: str | None = None,
            table: str | None = None, ort_format: bool = False, quantize: str | None = None,
-           dynamic_batch: bool = False, batch: int = 1, threads: int = 1, runs: int = 100,
+           dynamic_batch: bool = False, batch: int = 1, threads: int = 1, runs: int = 300,
            data_root: str | None = None) -> dict[str, Any]:
     """Export, check and measure; returns the report. On any failure the files it made are removed."""
     out = Path(out)
@@ -292,9 +292,11 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
                               f"({checks['real']})")
         report["int8"] = int8_accuracy(out, files["int8"], net, shape, fixed, threads, data_root)
         timed["int8"] = files["int8"]
-    # measured as the table was made (its threads, runs and statistic), else as `hwnas profile` defaults
-    settings = {"threads": prediction["threads"], "warmup": prediction["warmup"], "runs": prediction["runs"],
-                "estimator": prediction["estimator"]} if prediction else \
+    # measured as the table was made (its threads and statistic), else as `hwnas profile` defaults; at
+    # least `runs` timed runs: one network has no neighbours to interleave with, so a longer window is what
+    # lets the 10th percentile find the machine's quiet moments
+    settings = {"threads": prediction["threads"], "warmup": prediction["warmup"],
+                "runs": max(runs, prediction["runs"]), "estimator": prediction["estimator"]} if prediction else \
         {"threads": threads, "warmup": 10, "runs": runs, "estimator": "p10_ms"}
     measured = measure_latency(timed, shape, **settings)
     report["latency"] = {**settings, "batch": batch, **measured["fp32"]}

@@ -17,10 +17,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hwnas.latency.keys import classifier_key, final_key, head_key, routed_arch_keys, routing_space_keys, stack_key, stem_keys
+from hwnas.genotypes import Genotype
+from hwnas.latency.keys import (cell_edge_keys, cell_fixed_keys, cell_space_keys, classifier_key, final_key,
+                                genotype_keys, head_key, routed_arch_keys, routing_space_keys, stack_key, stem_keys)
 from hwnas.latency.table import LatencyTable
 from hwnas.routed import RoutedArch
-from hwnas.spaces.definition import RoutingSpace
+from hwnas.spaces.definition import CellSpace, RoutingSpace
 
 
 class RoutingCost:
@@ -91,3 +93,77 @@ class RoutingCost:
                 reach[j] = pick(options)
             best[pick] = reach[space.final_block]
         return best[min], best[max]
+
+
+class CellCost:
+    """Latencies of the final cell network of a cell space (the table's C, cells and input size), per
+    choice a genotype makes: an op on an edge (node j <- state i) of the normal or the reduction cell,
+    summed over every cell of that type.
+
+        exact(genotype) = fixed + sum over the genotype's (op, input) pairs of edge_ms
+        expected        = fixed + sum_types sum_edges 2 / (j + 2) * sum_ops p(op) * edge_ms(op)
+
+    where p is the edge's softmax renormalised over the ops a genotype may keep (not `none`) and
+    2 / (j + 2) the share of node j's incoming edges a genotype keeps. `fixed` holds the stem, the
+    cells' preprocessing ops, the classifier and the runtime's per-call cost.
+    """
+
+    def __init__(self, space: CellSpace, table: LatencyTable, batch: int = 1):
+        table.check_for(space.name, cell_space_keys(space, batch))
+        self.space, self.table, self.batch = space, table, batch
+        self.fixed = sum(table.op_ms(k) for k in cell_fixed_keys(space, batch)) + table.scale * table.overhead_ms
+        self._ms: dict[tuple[str, int, str], float] = {}
+
+    def op_ms(self, kind: str, state: int, op: str) -> float:
+        """`op` on an edge from `state` in every `kind` (normal / reduce) cell; `none` costs nothing."""
+        if (kind, state, op) not in self._ms:
+            keys = cell_edge_keys(self.space, kind == "reduce", state, op, self.batch)
+            self._ms[kind, state, op] = sum(self.table.op_ms(k) for k in keys)
+        return self._ms[kind, state, op]
+
+    def edges(self) -> list[tuple[int, int]]:
+        """(node, input state) of each edge, in the supernet's edge order."""
+        return [(node, state) for node in range(self.space.nodes) for state in range(node + 2)]
+
+    def expected(self, probs: dict[str, torch.Tensor], edge_primitives: dict[str, list]) -> torch.Tensor:
+        """Expected latency (ms) under softmaxed architecture weights (edges x candidates per cell type)."""
+        total = torch.tensor(self.fixed)
+        for kind, weights in probs.items():
+            for e, (node, state) in enumerate(self.edges()):
+                names = edge_primitives[kind][e]
+                keep = torch.tensor([name != "none" for name in names], dtype=weights.dtype)
+                ms = torch.tensor([self.op_ms(kind, state, name) for name in names], dtype=weights.dtype)
+                p = weights[e] * keep
+                total = total + 2.0 / (node + 2) * (p * ms).sum() / p.sum()
+        return total
+
+    def exact(self, genotype: Genotype) -> float:
+        return self.table.predict(k for _, k in genotype_keys(self.space, genotype, self.batch))
+
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest latency a genotype of the space's primitives can have."""
+        ops = [op for op in self.space.primitives if op != "none"]
+        result = []
+        for pick in (min, max):
+            total = self.fixed
+            for kind in ("normal", "reduce"):
+                for node in range(self.space.nodes):
+                    per_input = sorted(pick(self.op_ms(kind, s, op) for op in ops) for s in range(node + 2))
+                    total += sum(per_input[:2] if pick is min else per_input[-2:])
+            result.append(total)
+        return result[0], result[1]
+
+
+class BudgetMultiplier:
+    """The Lagrange multiplier of the constraint E[LAT] = B, learnt by dual ascent: the loss adds
+    mu * (LAT / B - 1), and after each architecture step mu += dual_lr * (LAT / B - 1). It grows while
+    the supernet is slower than the budget and turns negative while it is faster."""
+
+    def __init__(self, budget_ms: float, dual_lr: float):
+        self.budget_ms, self.dual_lr, self.mu = budget_ms, dual_lr, 0.0
+
+    def penalty(self, latency: torch.Tensor) -> torch.Tensor:
+        return self.mu * (latency / self.budget_ms - 1)
+
+    def update(self, latency_ms: float) -> None:
+        self.mu += self.dual_lr * (latency_ms / self.budget_ms - 1)

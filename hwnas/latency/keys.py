@@ -14,6 +14,7 @@ from typing import Callable
 
 from torch import nn
 
+from hwnas.errors import LatencyError
 from hwnas.genotypes import Genotype
 from hwnas.models.cell_net import reduction_indices
 from hwnas.ops import OPS, ConvBNReLU6, FactorizedReduce, ReLUConvBN, mobile_op, parse_mbconv
@@ -182,6 +183,23 @@ def _cell_fixed_keys(space: CellSpace, batch: int) -> tuple[OpKey, list[list[OpK
     return stem, pre, OpKey("gap_linear", final_width, space.num_classes, final_size, 1, batch)
 
 
+def cell_fixed_keys(space: CellSpace, batch: int = 1) -> list[OpKey]:
+    """The keys every final cell network of `space` has, whatever its genotype: stem, preprocessing, classifier."""
+    stem, pre, classifier = _cell_fixed_keys(space, batch)
+    return [stem, *(k for pair in pre for k in pair), classifier]
+
+
+def cell_edge_keys(space: CellSpace, reduction: bool, state: int, op: str, batch: int = 1) -> list[OpKey]:
+    """The keys of `op` on an edge from `state` in every normal (or every reduction) cell of the network."""
+    keys = []
+    for _, is_reduction, _, _, _, C, size in _cells(space):
+        if is_reduction == reduction:
+            stride = 2 if reduction and state < 2 else 1
+            key = _cell_op_key(op, C, size if stride == 2 or not reduction else size // 2, stride, batch)
+            keys += [key] if key else []
+    return keys
+
+
 def cell_space_keys(space: CellSpace, batch: int = 1) -> list[OpKey]:
     """Every primitive at every (width, resolution, stride) the final cell network uses, with its stem,
     preprocessing ops and classifier."""
@@ -198,7 +216,8 @@ def cell_space_keys(space: CellSpace, batch: int = 1) -> list[OpKey]:
 def genotype_keys(space: CellSpace, genotype: Genotype, batch: int = 1) -> list[tuple[str, OpKey]]:
     """(part, key) for every op of the final cell network of `genotype` in `space`."""
     if genotype.fixed_reduction:
-        raise ValueError("latency prediction for the GDAS fixed reduction cell is not supported")
+        raise LatencyError("the latency tables have no keys for GDAS's fixed reduction cell: a network with it "
+                           "can be exported and measured (`hwnas export`), not predicted")
     stem, pre, classifier = _cell_fixed_keys(space, batch)
     parts = [("stem", stem)]
     for (i, reduction, _, _, _, C, size), pre_keys in zip(_cells(space), pre):

@@ -17,16 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.config import MethodConfig
-from hwnas.derive import derive_genotype
-from hwnas.genotypes import Genotype
-from hwnas.methods import Batch, SearchMethod
+from hwnas.methods import Batch
+from hwnas.methods.cell_latency import CellLatencyOptions, CellMethod
 from hwnas.spaces.cell import CELL_TYPES, CellSupernet
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-class DartsOptions(MethodConfig):
+class DartsOptions(CellLatencyOptions):
     name: Literal["darts"] = "darts"
     unrolled: bool = False  # second-order architecture gradient
 
@@ -79,7 +77,7 @@ def unrolled_arch_gradient(model: nn.Module, loss_fn: LossFn, arch_loss_fn: Loss
     return val_loss.detach(), val_logits.detach()
 
 
-class Darts(SearchMethod):
+class Darts(CellMethod):
     name = "darts"
     Options = DartsOptions
 
@@ -91,11 +89,6 @@ class Darts(SearchMethod):
         if not self.options.unrolled:
             return super().arch_backward(model, train_batch, val_batch, weight_optimizer)
         return unrolled_arch_gradient(model, self.loss, self.arch_loss, train_batch, val_batch, weight_optimizer)
-
-    def derive(self, model: CellSupernet) -> Genotype:
-        with torch.no_grad():
-            weights = {kind: F.softmax(model.alphas[kind], dim=-1) for kind in CELL_TYPES}
-        return derive_genotype(weights, model.edge_primitives, model.nodes)
 
     def arch_weights(self, model: CellSupernet) -> dict[str, list]:
         with torch.no_grad():

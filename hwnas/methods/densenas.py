@@ -41,7 +41,7 @@ from torch import nn
 from hwnas.config import MethodConfig, resolve_path
 from hwnas.derive import RoutingWeights, budget_viterbi, viterbi
 from hwnas.errors import ConfigError, HwnasError
-from hwnas.latency.cost import RoutingCost
+from hwnas.latency.cost import BudgetMultiplier, RoutingCost
 from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
 from hwnas.routed import RoutedArch
@@ -106,7 +106,8 @@ class DenseNas(SearchMethod):
                 raise HwnasError(f"a budget of {self.options.budget_ms:g} ms is below the smallest latency any "
                                  f"{space.name} network has with this table ({low:.3f} ms); the feasible range is "
                                  f"{low:.3f} to {high:.3f} ms")
-        self.mu = 0.0
+        self.budget = (BudgetMultiplier(self.options.budget_ms, self.options.dual_lr)
+                       if self.options.latency_loss == "budget" else None)
         self.arch_updates_started = False
         self._sampled: dict[str, list[int]] = {}
         self._before: dict[str, torch.Tensor] = {}
@@ -123,8 +124,8 @@ class DenseNas(SearchMethod):
             with torch.no_grad():
                 extra["expected_latency_ms"] = float(self.cost.expected(model))
             self.latency_history.append(extra["expected_latency_ms"])
-        if self.options.latency_loss == "budget":
-            extra["mu"] = self.mu
+        if self.budget:
+            extra["mu"] = self.budget.mu
         return extra
 
     def _sample(self, model: RoutingSupernet, count: int) -> None:
@@ -151,14 +152,14 @@ class DenseNas(SearchMethod):
             if self.options.latency_loss == "densenas":
                 loss = loss + self.options.lambda_ * torch.log(latency) / math.log(self.options.tau_ms)
             else:
-                loss = loss + self.mu * (latency / self.options.budget_ms - 1)
+                loss = loss + self.budget.penalty(latency)
         return loss, logits
 
     def after_arch_step(self, model: nn.Module) -> None:
         for name, (_, alphas) in model.mixed_ops().items():
             rescale_sampled(alphas, self._before[name], self._sampled[name])
-        if self.options.latency_loss == "budget":
-            self.mu += self.options.dual_lr * (self._latency / self.options.budget_ms - 1)
+        if self.budget:
+            self.budget.update(self._latency)
 
     def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         from hwnas.plots import plot_metric_curve
@@ -167,10 +168,11 @@ class DenseNas(SearchMethod):
                                  out_dir / "expected_latency.png", self.options.budget_ms)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mu": self.mu, "latency_history": list(self.latency_history)}
+        return {"mu": self.budget.mu if self.budget else 0.0, "latency_history": list(self.latency_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.mu = float(state["mu"])
+        if self.budget:
+            self.budget.mu = float(state["mu"])
         self.latency_history = [float(v) for v in state["latency_history"]]
 
     # ---- architecture ----
@@ -202,7 +204,7 @@ class DenseNas(SearchMethod):
     def report(self) -> dict[str, Any]:
         return {"space": self.space.name, "latency_loss": self.options.latency_loss,
                 "budget_ms": self.options.budget_ms, "expected_latency_ms_by_epoch": self.latency_history,
-                **({"mu": self.mu} if self.options.latency_loss == "budget" else {})}
+                **({"mu": self.budget.mu} if self.budget else {})}
 
     def describe(self, arch: RoutedArch) -> dict[str, Any]:
         """The derived architecture's text and, with a table, its latency by block."""

@@ -31,16 +31,15 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from hwnas.config import MethodConfig
-from hwnas.derive import derive_cell, derive_genotype
+from hwnas.derive import derive_cell
 from hwnas.errors import ConfigError
 from hwnas.genotypes import Genotype
-from hwnas.methods import SearchMethod
+from hwnas.methods.cell_latency import CellLatencyOptions, CellMethod
 from hwnas.models.cell_net import FixedReductionCell
 from hwnas.spaces.cell import CellSupernet, MixedOp
 
 
-class GdasOptions(MethodConfig):
+class GdasOptions(CellLatencyOptions):
     name: Literal["gdas"] = "gdas"
     tau_max: float = Field(10.0, gt=0.0, description="Gumbel-softmax temperature at the first epoch")
     tau_min: float = Field(0.1, gt=0.0, description="Gumbel-softmax temperature at the last epoch")
@@ -137,7 +136,7 @@ class GdasFrcSupernet(GdasSupernet):
 
 
 # --- methods ---------------------------------------------------------------------------------------
-class Gdas(SearchMethod):
+class Gdas(CellMethod):
     name = "gdas"
     Options = GdasOptions
     supernet_class: type[GdasSupernet] = GdasSupernet
@@ -151,14 +150,14 @@ class Gdas(SearchMethod):
 
     def on_epoch_start(self, model: GdasSupernet, epoch: int, epochs: int) -> dict[str, float]:
         model.tau = temperature(epoch, epochs, self.options.tau_max, self.options.tau_min)
-        return {"tau": model.tau}
+        return {"tau": model.tau, **super().on_epoch_start(model, epoch, epochs)}
 
     def _probs(self, model: GdasSupernet) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             return {kind: F.softmax(alpha, dim=-1) for kind, alpha in model.alphas.items()}
 
-    def derive(self, model: GdasSupernet) -> Genotype:
-        return derive_genotype(self._probs(model), model.edge_primitives, model.nodes)
+    def derive_weights(self, model: GdasSupernet) -> dict[str, torch.Tensor]:
+        return self._probs(model)
 
     def arch_weights(self, model: GdasSupernet) -> dict[str, list]:
         return {kind: probs.cpu().tolist() for kind, probs in self._probs(model).items()}
@@ -175,6 +174,12 @@ class GdasFrc(Gdas):
             raise ConfigError(f"supernet.init_channels must be a multiple of 4 for gdas-frc, got {C}")
         return super().build_supernet()
 
-    def derive(self, model: GdasFrcSupernet) -> Genotype:
-        normal = derive_cell(self._probs(model)["normal"], model.edge_primitives["normal"], model.nodes)
+    def __init__(self, config, num_classes: int, in_channels: int):
+        if config.method.table:
+            raise ConfigError("method.table: latency tables have no keys for GDAS's fixed reduction cell; "
+                              "search with `gdas` for a latency-aware search")
+        super().__init__(config, num_classes, in_channels)
+
+    def derive_rule(self, model: GdasFrcSupernet, weights: dict[str, torch.Tensor]) -> Genotype:
+        normal = derive_cell(weights["normal"], model.edge_primitives["normal"], model.nodes)
         return Genotype(normal, tuple(range(2, 2 + model.nodes)), None, None)

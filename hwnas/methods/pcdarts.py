@@ -27,15 +27,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from hwnas.config import MethodConfig
-from hwnas.derive import derive_genotype
 from hwnas.errors import ConfigError
-from hwnas.genotypes import Genotype
-from hwnas.methods import SearchMethod
+from hwnas.methods.cell_latency import CellLatencyOptions, CellMethod
 from hwnas.spaces.cell import CELL_TYPES, CellSupernet, MixedOp, edges_per_cell
 
 
-class PcDartsOptions(MethodConfig):
+class PcDartsOptions(CellLatencyOptions):
     name: Literal["pcdarts"] = "pcdarts"
     k: int = Field(4, ge=1, description="each mixed op works on 1/k of the channels (4 on CIFAR, 2 on ImageNet)")
 
@@ -93,7 +90,7 @@ class PcDartsSupernet(CellSupernet):
         return torch.cat(per_node)
 
 
-class PcDarts(SearchMethod):
+class PcDarts(CellMethod):
     name = "pcdarts"
     Options = PcDartsOptions
 
@@ -110,10 +107,8 @@ class PcDarts(SearchMethod):
         """softmax(alpha) scaled by each edge's normalised beta: ranks edges by both, keeps op order."""
         return model.op_weights(kind) * model.edge_weights(kind)[:, None]
 
-    def derive(self, model: PcDartsSupernet) -> Genotype:
-        with torch.no_grad():
-            weights = {kind: self.edge_scores(model, kind) for kind in CELL_TYPES}
-        return derive_genotype(weights, model.edge_primitives, model.nodes)
+    def derive_weights(self, model: PcDartsSupernet) -> dict[str, torch.Tensor]:
+        return {kind: self.edge_scores(model, kind) for kind in CELL_TYPES}
 
     def arch_weights(self, model: PcDartsSupernet) -> dict[str, list]:
         """softmax(alpha) per cell type (as DARTS), plus `<kind>_edges`: the per-node softmax of beta."""

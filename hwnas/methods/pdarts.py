@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from hwnas.config import MethodConfig
+from hwnas.methods.cell_latency import CellLatencyOptions
 from hwnas.derive import derive_cell
 from hwnas.genotypes import Genotype
 from hwnas.methods import SearchMethod
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from hwnas.search import SearchLoop
 
 
-class PDartsOptions(MethodConfig):
+class PDartsOptions(CellLatencyOptions):
     name: Literal["pdarts"] = "pdarts"
     add_layers: list[int] = Field([0, 6, 12], min_length=1, description="cells added to supernet.layers per stage")
     add_width: list[int] = Field([0, 0, 0], min_length=1, description="channels added to init_channels per stage")
@@ -150,7 +150,7 @@ class PDarts(Darts):
         rate = stage_dropout(self.options.skip_dropout[self.stage], epoch, epochs,
                              self.config.search.arch_start_epoch, self.options.dropout_decay)
         model.set_skip_dropout(rate)
-        return {"skip_dropout": rate}
+        return {"skip_dropout": rate, **super().on_epoch_start(model, epoch, epochs)}
 
     def run(self, loop: "SearchLoop") -> Genotype:
         nodes = self.config.supernet.nodes
@@ -164,11 +164,12 @@ class PDarts(Darts):
                                   for kind in CELL_TYPES}
         return self.derive(model)
 
-    def derive(self, model: CellSupernet) -> Genotype:
+    def budget_skip_limit(self) -> int:
+        return self.options.skip_limit
+
+    def derive_rule(self, model: CellSupernet, weights: dict[str, torch.Tensor]) -> Genotype:
         """One op per edge, never `none`, top-2 edges per node, at most `skip_limit` normal skips."""
         nodes = model.nodes
-        with torch.no_grad():
-            weights = {kind: F.softmax(model.alphas[kind], dim=-1) for kind in CELL_TYPES}
         normal, self.skip_report = limit_skips(weights["normal"], model.edge_primitives["normal"], nodes,
                                                self.options.skip_limit)
         reduce = derive_cell(weights["reduce"], model.edge_primitives["reduce"], nodes)

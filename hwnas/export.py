@@ -42,7 +42,7 @@ CALIBRATION_IMAGES = 256  # real training images for int8 calibration
 EVAL_IMAGES = 2000  # test images for the int8 accuracy comparison (all when fewer)
 # classes, channels, side of each dataset's images as the training recipes use them
 DATASET_SHAPES = {"cifar10": (10, 3, 32), "imagenet": (1000, 3, 224), "digits": (10, 1, 32),
-                  "fashion-mnist": (10, 1, 28)}
+                  "fashion-mnist": (10, 1, 32)}
 DEFAULT_RECIPES = {"cifar10": "cifar10", "imagenet": "imagenet_mobile", "digits": "digits",
                    "fashion-mnist": "fashion-mnist"}
 

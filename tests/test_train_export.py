@@ -117,30 +117,6 @@ def test_cell_training_uses_auxiliary_head_and_drop_path(tmp_path, monkeypatch):
     assert report["params"] < report["macs"]
 
 
-def test_training_resumes_to_the_same_weights(tmp_path, monkeypatch):
-    from hwnas.train import Trainer, train
-
-    config = quick_config("digits", *SMALL_CELLS, "train.epochs=3")
-    train(config, ZOO["GDAS_F1"], tmp_path / "full", quiet=True)
-
-    save = Trainer._save
-
-    def interrupted(self, epochs_done, acc):
-        save(self, epochs_done, acc)
-        if epochs_done == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, ZOO["GDAS_F1"], tmp_path / "resumed", quiet=True)
-    monkeypatch.setattr(Trainer, "_save", save)
-    train(config, ZOO["GDAS_F1"], tmp_path / "resumed", resume=True, quiet=True)
-    full = torch.load(tmp_path / "full/weights/last.pt", weights_only=True)["state_dict"]
-    resumed = torch.load(tmp_path / "resumed/weights/last.pt", weights_only=True)["state_dict"]
-    for name, value in full.items():
-        assert torch.equal(value, resumed[name]), name
-
-
 def test_export_of_a_cell_network_and_an_frc_network(tmp_path):
     from hwnas.export import export
 
@@ -311,3 +287,13 @@ def test_run_end_to_end_on_a_tiny_budget_search(tmp_path):
     for plot in report["plots"]:
         assert plot.endswith(".png") and (tmp_path / "run").joinpath(plot).exists()
     assert report["parity"]["real"]["top1_agreement"] == 1.0
+
+
+def test_killed_and_resumed_training_matches_uninterrupted(tmp_path):
+    """A real subprocess, a real SIGKILL after the first epoch's checkpoint, `--resume`: the same weights."""
+    from killresume import kill_and_resume_training
+
+    full, again = kill_and_resume_training("GDAS_F1", tmp_path, QUICK[1:] + SMALL_CELLS)
+    assert full["epoch"] == again["epoch"] == 3
+    for name, value in full["state_dict"].items():
+        assert torch.equal(value, again["state_dict"][name]), name

@@ -12,6 +12,10 @@ A method plugs into the shared loop through `SearchMethod`:
 - `plots` -- method-specific pictures of the run, written at the end;
 - `state_dict` / `load_state_dict` -- the method's own state (a multiplier, a curve), checkpointed;
 - `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
+
+The DARTS-family methods share `CellMethod` (methods/cell_latency.py): they say which weights their
+derivation ranks (`derive_weights`) and their rule (`derive_rule`), and get the latency loss and the
+budget-constrained derivation from it.
 """
 
 from __future__ import annotations

@@ -168,17 +168,17 @@ class GdasFrc(Gdas):
     Options = GdasFrcOptions
     supernet_class = GdasFrcSupernet
 
-    def build_supernet(self) -> GdasFrcSupernet:
-        C = self.config.supernet.init_channels
-        if (2 * C) % 8:  # the fixed cell's (1,3)/(3,1) convs use 8 groups; the first reduction has 2C channels
-            raise ConfigError(f"supernet.init_channels must be a multiple of 4 for gdas-frc, got {C}")
-        return super().build_supernet()
-
     def __init__(self, config, num_classes: int, in_channels: int):
         if config.method.table:
             raise ConfigError("method.table: latency tables have no keys for GDAS's fixed reduction cell; "
                               "search with `gdas` for a latency-aware search")
         super().__init__(config, num_classes, in_channels)
+
+    def build_supernet(self) -> GdasFrcSupernet:
+        C = self.config.supernet.init_channels
+        if (2 * C) % 8:  # the fixed cell's (1,3)/(3,1) convs use 8 groups; the first reduction has 2C channels
+            raise ConfigError(f"supernet.init_channels must be a multiple of 4 for gdas-frc, got {C}")
+        return super().build_supernet()
 
     def derive_rule(self, model: GdasFrcSupernet, weights: dict[str, torch.Tensor]) -> Genotype:
         normal = derive_cell(weights["normal"], model.edge_primitives["normal"], model.nodes)

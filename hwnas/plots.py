@@ -213,7 +213,7 @@ def plot_latency_vs_budget(breakdown: dict[str, float], predicted: float, measur
         left += ms
     if predicted > left:  # the per-call overhead counted once for the network
         ax.barh("predicted (table)", predicted - left, left=left, color="lightgray", label="call overhead")
-    ax.barh("measured (ORT)", measured, color="tab:blue")
+    ax.barh("measured (ORT)", measured, color="dimgray")
     ax.axvline(budget, color="tab:red", linestyle="--", label=f"budget {budget:g} ms")
     ax.axvline(1.05 * budget, color="tab:red", linestyle=":", linewidth=1, label="budget +5%")
     ax.set(xlabel="latency (ms)")

@@ -39,7 +39,8 @@ def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
     return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
-def _seed(*parts: Any) -> int:
+def seed_of(*parts: Any) -> int:
+    """A stable seed from a run's seed and names (stage, stream): the same in every process and session."""
     return zlib.crc32(repr(parts).encode())
 
 
@@ -51,7 +52,7 @@ def arch_to_json(arch: Any) -> dict[str, Any]:
     return arch.to_dict() if hasattr(arch, "to_dict") else arch
 
 
-class _Mean:
+class RunningMean:
     def __init__(self) -> None:
         self.total, self.count = 0.0, 0
 
@@ -68,7 +69,7 @@ def evaluate(model: nn.Module, source: Source, indices: torch.Tensor | None, bat
              device: torch.device) -> tuple[float, float]:
     """Mean loss and accuracy over `indices` of `source` (all when None), in eval mode."""
     model.eval()
-    loss, acc = _Mean(), _Mean()
+    loss, acc = RunningMean(), RunningMean()
     for x, y in iterate_once(source, indices, batch_size):
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -118,7 +119,7 @@ class SearchLoop:
         """Search one supernet from `build()` for the recipe's epochs; resumes from the stage's checkpoint."""
         cfg, recipe = self.config, self.config.search
         epochs, arch_start = recipe.epochs, recipe.arch_start_epoch
-        torch.manual_seed(_seed(cfg.seed, stage, "init"))
+        torch.manual_seed(seed_of(cfg.seed, stage, "init"))
         model = build().to(self.device, memory_format=self.memory_format)
         w = recipe.weight_optimizer
         weight_opt = torch.optim.SGD(model.weight_parameters(), lr=w.lr, momentum=w.momentum,
@@ -129,9 +130,9 @@ class SearchLoop:
         augment = cfg.data.augment
         streams = {
             "weights": BatchStream(self.dataset.train, self.weight_idx, recipe.batch_size,
-                                   _seed(cfg.seed, stage, "weights"), augment),
+                                   seed_of(cfg.seed, stage, "weights"), augment),
             "arch": BatchStream(self.dataset.train, self.arch_idx, recipe.batch_size,
-                                _seed(cfg.seed, stage, "arch"), augment),
+                                seed_of(cfg.seed, stage, "arch"), augment),
         }
         steps = streams["weights"].batches_per_pass
         if recipe.steps_per_epoch:
@@ -152,7 +153,7 @@ class SearchLoop:
                 group["lr"] = lr
             extra = self.method.on_epoch_start(model, epoch, epochs)
             update_arch = epoch >= arch_start
-            train_loss, train_acc, arch_loss, arch_acc = _Mean(), _Mean(), _Mean(), _Mean()
+            train_loss, train_acc, arch_loss, arch_acc = RunningMean(), RunningMean(), RunningMean(), RunningMean()
             model.train()
             bar = tqdm(range(steps), desc=f"{stage} {epoch + 1}/{epochs}", leave=False,
                        disable=self.quiet or not sys.stderr.isatty())
@@ -192,13 +193,13 @@ class SearchLoop:
         x, y = batch
         return x.to(self.device, memory_format=self.memory_format), y.to(self.device)
 
-    def _weight_step(self, model, opt, batch, loss_mean: _Mean, acc_mean: _Mean) -> float:
+    def _weight_step(self, model, opt, batch, loss_mean: RunningMean, acc_mean: RunningMean) -> float:
         loss, logits = weight_step(self.method, model, opt, batch, self.config.search.grad_clip)
         loss_mean.add(loss.item(), len(batch[1]))
         acc_mean.add(_accuracy(logits, batch[1]), len(batch[1]))
         return loss.item()
 
-    def _arch_step(self, model, arch_opt, weight_opt, train_batch, val_batch, loss_mean: _Mean, acc_mean: _Mean):
+    def _arch_step(self, model, arch_opt, weight_opt, train_batch, val_batch, loss_mean: RunningMean, acc_mean: RunningMean):
         loss, logits = arch_step(self.method, model, arch_opt, weight_opt, train_batch, val_batch,
                                  self.config.search.arch_grad_clip)
         loss_mean.add(loss.item(), len(val_batch[1]))

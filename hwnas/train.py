@@ -24,7 +24,7 @@ from hwnas.data import BatchStream, Source, iterate_once, load_dataset, split_in
 from hwnas.errors import CheckpointError
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
-from hwnas.search import _Mean, _seed, cosine_lr
+from hwnas.search import RunningMean, cosine_lr, seed_of
 
 log = logging.getLogger("hwnas.train")
 
@@ -44,7 +44,7 @@ def predictions(model: nn.Module, source: Source, indices: torch.Tensor | None, 
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Predicted classes, true classes and the mean cross-entropy over `indices` (all when None), eval mode."""
     model.eval()
-    predicted, labels, loss = [], [], _Mean()
+    predicted, labels, loss = [], [], RunningMean()
     for x, y in iterate_once(source, indices, batch_size):
         logits = model(x.to(device))
         loss.add(nn.functional.cross_entropy(logits, y.to(device)).item(), len(y))
@@ -109,14 +109,14 @@ class Trainer:
         else:
             self.train_idx = subset_indices(n, config.data.train_subset).sort().values
             self.eval_source, self.eval_idx, self.eval_name = self.dataset.test, None, "test"
-        torch.manual_seed(_seed(config.seed, "train", "init"))
+        torch.manual_seed(seed_of(config.seed, "train", "init"))
         self.model = build_model(arch, config.model, self.dataset.num_classes, self.dataset.channels)
         self.model.to(self.device, memory_format=self.memory_format)
         opt = recipe.optimizer
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt.lr, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, nesterov=opt.nesterov)
         self.stream = BatchStream(self.dataset.train, self.train_idx, recipe.batch_size,
-                                  _seed(config.seed, "train", "batches"), config.data.augment)
+                                  seed_of(config.seed, "train", "batches"), config.data.augment)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.history: list[dict[str, Any]] = []
         self.best_acc = -1.0
@@ -152,7 +152,7 @@ class Trainer:
     def _epoch(self, steps: int, desc: str) -> tuple[float, float]:
         recipe = self.config.train
         self.model.train()
-        loss_mean, acc_mean = _Mean(), _Mean()
+        loss_mean, acc_mean = RunningMean(), RunningMean()
         bar = tqdm(range(steps), desc=desc, leave=False, disable=self.quiet or not sys.stderr.isatty())
         for _ in bar:
             x, y = next(self.stream)

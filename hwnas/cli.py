@@ -201,6 +201,16 @@ def _show_lut(result: dict[str, Any]) -> None:
         print(f"  plot          {result['plot']}")
 
 
+def _run_options(p: argparse.ArgumentParser, name: str, example: str) -> None:
+    """The options every command that makes a run directory shares."""
+    p.add_argument("--out", help=f"run directory (default runs/{name}-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override a config value, e.g. --set {example}")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hwnas.methods import method_names
 
@@ -210,38 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the whole job: table, search under a budget, train, export, verify")
     p.add_argument("config", nargs="?", help="run config YAML (default configs/run/quickstart.yaml)")
-    p.add_argument("--out", help="run directory (default runs/run-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a run config value, e.g. --set budget_ms=6")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_options(p, "run", "budget_ms=6")
     p.set_defaults(func=_run, show=_show_run)
 
     p = sub.add_parser("search", help="search an architecture")
     p.add_argument("method", choices=method_names())
     p.add_argument("--config", help="search recipe YAML (default configs/search/METHOD_digits.yaml)")
-    p.add_argument("--out", help="run directory (default runs/search-METHOD-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set search.epochs=3")
+    _run_options(p, "search-METHOD", "search.epochs=3")
     p.add_argument("--table", help="latency table CSV (a routing space for DenseNAS, a cell space such as "
                                    "darts_cifar10 for the cell methods): sets method.table")
     p.add_argument("--budget-ms", type=float, help="latency budget in ms: the derived network meets it by the table")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_search, show=lambda r: print(f"architecture:\n{r['arch_text']}\nrun directory: {r['run_dir']}"))
 
     p = sub.add_parser("train", help="train the final network of an architecture")
     p.add_argument("--arch", help="zoo name (DARTS_V2, GDAS_F1, DenseNAS-C, ...) or a search's arch.json")
     p.add_argument("--config", help="training recipe YAML (default configs/train/digits.yaml for cells, "
                                     "configs/train/densenas_digits.yaml for routed architectures)")
-    p.add_argument("--out", help="run directory (default runs/train-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=3")
-    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _run_options(p, "train", "train.epochs=3")
     p.set_defaults(func=_train, show=_show_train)
 
     p = sub.add_parser("export", help="export a network to ONNX, verify it against PyTorch, measure its latency")

@@ -113,6 +113,7 @@ class CellCost:
         self.space, self.table, self.batch = space, table, batch
         self.fixed = sum(table.op_ms(k) for k in cell_fixed_keys(space, batch)) + table.scale * table.overhead_ms
         self._ms: dict[tuple[str, int, str], float] = {}
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def op_ms(self, kind: str, state: int, op: str) -> float:
         """`op` on an edge from `state` in every `kind` (normal / reduce) cell; `none` costs nothing."""
@@ -129,13 +130,23 @@ class CellCost:
         """Expected latency (ms) under softmaxed architecture weights (edges x candidates per cell type)."""
         total = torch.tensor(self.fixed)
         for kind, weights in probs.items():
-            for e, (node, state) in enumerate(self.edges()):
-                names = edge_primitives[kind][e]
-                keep = torch.tensor([name != "none" for name in names], dtype=weights.dtype)
-                ms = torch.tensor([self.op_ms(kind, state, name) for name in names], dtype=weights.dtype)
-                p = weights[e] * keep
-                total = total + 2.0 / (node + 2) * (p * ms).sum() / p.sum()
+            keep, ms, share = self._edge_table(kind, edge_primitives[kind])
+            p = weights * keep
+            total = total + (share * (p * ms).sum(-1) / p.sum(-1)).sum()
         return total
+
+    def _edge_table(self, kind: str, primitives: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(edges x candidates) keep-mask (not `none`) and latencies, and each edge's kept share 2 / (j + 2);
+        built once per candidate list (P-DARTS changes it between stages), as every architecture step asks."""
+        key = (kind, tuple(map(tuple, primitives)))
+        if key not in self._tables:
+            edges = self.edges()
+            keep = torch.tensor([[name != "none" for name in names] for names in primitives], dtype=torch.float32)
+            ms = torch.tensor([[self.op_ms(kind, state, name) for name in names]
+                               for names, (_, state) in zip(primitives, edges)])
+            share = torch.tensor([2.0 / (node + 2) for node, _ in edges])
+            self._tables[key] = (keep, ms, share)
+        return self._tables[key]
 
     def exact(self, genotype: Genotype) -> float:
         return self.table.predict(k for _, k in genotype_keys(self.space, genotype, self.batch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +16,16 @@ from hwnas.errors import HwnasError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"hwnas: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of milliseconds, not {text!r}")
+    return value
 
 
 def _search(args: argparse.Namespace) -> dict[str, Any]:
@@ -229,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(p, "search-METHOD", "search.epochs=3")
     p.add_argument("--table", help="latency table CSV (a routing space for DenseNAS, a cell space such as "
                                    "darts_cifar10 for the cell methods): sets method.table")
-    p.add_argument("--budget-ms", type=float, help="latency budget in ms: the derived network meets it by the table")
+    p.add_argument("--budget-ms", type=_milliseconds,
+                   help="latency budget in ms: the derived network meets it by the table")
     p.set_defaults(func=_search, show=lambda r: print(f"architecture:\n{r['arch_text']}\nrun directory: {r['run_dir']}"))
 
     p = sub.add_parser("train", help="train the final network of an architecture")
@@ -319,16 +331,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # hwnas's own messages at INFO; libraries (ONNX Runtime's tools, ...) only when they warn
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    quiet = getattr(args, "json", False) or getattr(args, "quiet", False)
+    # under torchrun only rank 0 speaks; the others report errors and warnings only
+    quiet = getattr(args, "json", False) or getattr(args, "quiet", False) or os.environ.get("RANK", "0") != "0"
     logging.getLogger("hwnas").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
         result = args.func(args)
     except HwnasError as exc:
-        print(f"hwnas: error: {exc}", file=sys.stderr)
+        print(f"hwnas: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hwnas: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if args.json:
         print(json.dumps(result))
     else:

@@ -65,6 +65,10 @@ class CellSupernetConfig(Strict):
     stem_multiplier: int = Field(3, gt=0)
 
 
+SYNC_BN = ("under torchrun: batch-norm statistics over the global batch, so N processes compute what one "
+           "does; off: each rank normalises its own shard, as the multi-GPU releases did")
+
+
 class SearchLoopConfig(Strict):
     epochs: int = Field(50, gt=0)
     batch_size: int = Field(64, gt=0)
@@ -82,6 +86,7 @@ class SearchLoopConfig(Strict):
     # channels_last inputs with fewer than 8 (AVX2) or 16 (AVX-512) input channels crashes or hangs
     # (oneDNN issue #6035), so it is off unless a recipe's widths are safely above that.
     channels_last: bool = Field(False, description="NHWC tensors: faster depthwise convs on CPU")
+    sync_bn: bool = Field(False, description=SYNC_BN)
 
 
 def check_device(value: str) -> str:
@@ -144,6 +149,9 @@ class ModelConfig(Strict):
     layers: int = Field(20, ge=3)
     auxiliary: bool = Field(True, description="cell networks: auxiliary head after the second reduction")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="routed networks: dropout before the classifier")
+    zero_init_residual: bool = Field(
+        False, description="routed networks: the last BN of each residual MBConv starts at zero, so a deep "
+                           "network starts as its shallow path of head layers (Goyal et al. 2017)")
 
 
 class TrainLoopConfig(Strict):
@@ -153,6 +161,7 @@ class TrainLoopConfig(Strict):
     schedule: Literal["cosine", "exponential"] = Field(
         "cosine", description="cosine from lr to lr_min, or lr * lr_decay**epoch (DARTS ImageNet)")
     lr_decay: float = Field(0.97, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/warmup steps to lr over these epochs")
     grad_clip: float | None = Field(5.0, gt=0.0)
     auxiliary_weight: float = Field(0.4, ge=0.0)
     drop_path_prob: float = Field(0.2, ge=0.0, lt=1.0, description="cell networks: grows linearly to this")
@@ -162,6 +171,7 @@ class TrainLoopConfig(Strict):
                                          "0: evaluate on the test set each epoch, as the releases do")
     steps_per_epoch: int | None = Field(None, gt=0, description="cap on steps per epoch")
     channels_last: bool = Field(False, description="NHWC tensors (see search.channels_last)")
+    sync_bn: bool = Field(False, description=SYNC_BN)
 
 
 class TrainConfig(Strict):
@@ -170,6 +180,13 @@ class TrainConfig(Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainLoopConfig = TrainLoopConfig()
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self):
+        if self.train.warmup_epochs >= self.train.epochs:
+            raise ValueError(f"train.warmup_epochs ({self.train.warmup_epochs}) must be less than train.epochs "
+                             f"({self.train.epochs})")
+        return self
 
     _device = field_validator("device")(lambda value: check_device(value))
 

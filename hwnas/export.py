@@ -63,8 +63,8 @@ def resolve_network(arch: str | None, weights: str | None, dataset: str | None) 
         state = load_weights(weights)
         trained = arch_from_json(state["arch"])
         if arch is not None and load_arch(arch) != trained:
-            raise CheckpointError(f"{weights} holds weights of another architecture ({trained}), not {arch}; "
-                                  "pass the matching --arch or leave it out")
+            raise CheckpointError(f"{weights} holds weights of another architecture, not {arch}; "
+                                  "leave --arch out to export the one it was trained for")
         if dataset is not None and dataset != state["dataset"]:
             raise CheckpointError(f"{weights} was trained on {state['dataset']}, not {dataset}")
         return {"arch": trained, "model": build_from_weights(state, str(weights)), "dataset": state["dataset"],

@@ -60,7 +60,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({first[:160]})") from None
 
@@ -86,6 +86,8 @@ class RunDir:
                     f"--resume: the config differs from the one {run.path} was started with; "
                     f"resume without --config/--set, or start a new run with another --out"
                 )
+            for torn in run.path.rglob(".*.tmp-*"):  # what a write killed half way left behind
+                torn.unlink()
             return run
         if run.path.exists() and any(run.path.iterdir()):
             raise HwnasError(f"{run.path} already holds files; pass --resume to continue that run or choose another --out")

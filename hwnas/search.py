@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from hwnas import distributed
 from hwnas.config import SearchConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
@@ -86,6 +87,7 @@ def weight_step(method: SearchMethod, model: nn.Module, opt: torch.optim.Optimiz
     with frozen(model.arch_parameters()):
         loss, logits = method.loss(model, *batch)
         loss.backward()
+    distributed.average_gradients(model.weight_parameters())
     if grad_clip:
         nn.utils.clip_grad_norm_(model.weight_parameters(), grad_clip)
     opt.step()
@@ -98,6 +100,7 @@ def arch_step(method: SearchMethod, model: nn.Module, arch_opt: torch.optim.Opti
     """The method's architecture gradient, clip, Adam step, and the method's after-step hook."""
     arch_opt.zero_grad(set_to_none=True)
     loss, logits = method.arch_backward(model, train_batch, val_batch, weight_opt)
+    distributed.average_gradients(model.arch_parameters())
     if grad_clip:
         nn.utils.clip_grad_norm_(model.arch_parameters(), grad_clip)
     arch_opt.step()
@@ -108,8 +111,8 @@ def arch_step(method: SearchMethod, model: nn.Module, arch_opt: torch.optim.Opti
 class SearchLoop:
     def __init__(self, config: SearchConfig, method: SearchMethod, dataset: Dataset, run: RunDir, quiet: bool):
         self.config, self.method, self.dataset, self.run = config, method, dataset, run
-        self.device = torch.device(config.device)
-        self.quiet = quiet
+        self.device = distributed.setup(config.device)
+        self.quiet = quiet or not distributed.is_main()
         self.memory_format = torch.channels_last if config.search.channels_last else torch.contiguous_format
         self.weight_idx, self.arch_idx = split_indices(
             len(dataset.train), config.data.train_portion, config.data.train_subset)
@@ -121,18 +124,21 @@ class SearchLoop:
         epochs, arch_start = recipe.epochs, recipe.arch_start_epoch
         torch.manual_seed(seed_of(cfg.seed, stage, "init"))
         model = build().to(self.device, memory_format=self.memory_format)
+        if recipe.sync_bn:
+            model = distributed.use_global_batch_norm(model)
+        distributed.sync_module(model)
         w = recipe.weight_optimizer
         weight_opt = torch.optim.SGD(model.weight_parameters(), lr=w.lr, momentum=w.momentum,
                                      weight_decay=w.weight_decay, nesterov=w.nesterov)
         a = recipe.arch_optimizer
         arch_opt = torch.optim.Adam(model.arch_parameters(), lr=a.lr, betas=tuple(a.betas),
                                     weight_decay=a.weight_decay)
-        augment = cfg.data.augment
+        augment, shard = cfg.data.augment, {"rank": distributed.rank(), "world_size": distributed.world_size()}
         streams = {
             "weights": BatchStream(self.dataset.train, self.weight_idx, recipe.batch_size,
-                                   seed_of(cfg.seed, stage, "weights"), augment),
+                                   seed_of(cfg.seed, stage, "weights"), augment, **shard),
             "arch": BatchStream(self.dataset.train, self.arch_idx, recipe.batch_size,
-                                seed_of(cfg.seed, stage, "arch"), augment),
+                                seed_of(cfg.seed, stage, "arch"), augment, **shard),
         }
         steps = streams["weights"].batches_per_pass
         if recipe.steps_per_epoch:
@@ -171,12 +177,20 @@ class SearchLoop:
                 for _ in range(steps):
                     val_batch = self._to_device(next(streams["arch"]))
                     self._arch_step(model, arch_opt, weight_opt, train_batch, val_batch, arch_loss, arch_acc)
-            val_loss, val_acc = evaluate(model, self.dataset.train, self.arch_idx, recipe.batch_size, self.device)
+            distributed.sync_module(model)  # rank 0's BN statistics everywhere before evaluating and saving
+            # evaluation samples ops too (GDAS, DenseNAS): on a generator of its own, in batches of the global
+            # batch size, so it neither moves the search's random stream nor depends on the number of ranks
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed_of(cfg.seed, stage, "evaluate", epoch))
+                val_loss, val_acc = evaluate(model, self.dataset.train, self.arch_idx,
+                                             recipe.batch_size * distributed.world_size(), self.device)
             arch = self.method.derive(model)
+            distributed.check_agreement(arch_to_json(arch), "derived architecture")
+            means = distributed.mean_over_ranks(
+                [train_loss.value, train_acc.value, arch_loss.value, arch_acc.value], self.device)
             row = {
                 "stage": stage, "epoch": epoch + 1, "lr": lr, **extra,
-                "train_loss": train_loss.value, "train_acc": train_acc.value,
-                "arch_loss": arch_loss.value, "arch_acc": arch_acc.value,
+                **dict(zip(("train_loss", "train_acc", "arch_loss", "arch_acc"), means)),
                 "val_loss": val_loss, "val_acc": val_acc,
                 "seconds": time.perf_counter() - started,
                 "arch": json.dumps(arch_to_json(arch)),
@@ -206,6 +220,8 @@ class SearchLoop:
         acc_mean.add(_accuracy(logits, val_batch[1]), len(val_batch[1]))
 
     def _save(self, stage, epochs_done, done, model, weight_opt, arch_opt, streams) -> None:
+        if not distributed.is_main():
+            return
         state = {
             "stage": stage, "epochs_done": epochs_done, "done": done,
             "model": model.state_dict(),
@@ -248,10 +264,13 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     started = time.perf_counter()
     dataset = load_dataset(config.data)
     method = get_method(config.method.name)(config, dataset.num_classes, dataset.channels)
-    run = RunDir.prepare(out, config_to_dict(config), resume)
+    distributed.setup(config.device)  # before the run directory: rank 0 prepares it for all
+    run = distributed.on_main(lambda: RunDir.prepare(out, config_to_dict(config), resume))
     loop = SearchLoop(config, method, dataset, run, quiet)
     arch = method.run(loop)
     arch_json = arch_to_json(arch)
+    if not distributed.is_main():  # every rank derived the same architecture; rank 0 writes the run
+        return {"command": "search", "arch": arch_json, "run_dir": str(run.path), "rank": distributed.rank()}
     write_json(run.file("arch.json"), arch_json)
     plots = plot_arch_weights(loop.history, run.path, column_names=PRIMITIVES)
     if isinstance(arch, Genotype):

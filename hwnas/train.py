@@ -19,8 +19,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from hwnas import distributed
 from hwnas.config import ModelConfig, TrainConfig, config_to_dict
-from hwnas.data import BatchStream, Source, iterate_once, load_dataset, split_indices, subset_indices
+from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices, subset_indices
 from hwnas.errors import CheckpointError
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
@@ -31,12 +32,18 @@ log = logging.getLogger("hwnas.train")
 WEIGHTS_FORMAT = "hwnas-weights/1"
 
 
-def learning_rate(config: TrainConfig, epoch: int) -> float:
+def learning_rate(config: TrainConfig, epoch: int, progress: float = 0.0) -> float:
+    """The epoch's rate from the schedule; during the first `warmup_epochs` it ramps up linearly with
+    `progress` (0..1 through the epoch), as large-batch recipes do to keep deep networks from diverging."""
     recipe = config.train
     opt = recipe.optimizer
     if recipe.schedule == "exponential":
-        return opt.lr * recipe.lr_decay ** epoch
-    return cosine_lr(epoch, recipe.epochs, opt.lr, opt.lr_min)
+        lr = opt.lr * recipe.lr_decay ** epoch
+    else:
+        lr = cosine_lr(epoch, recipe.epochs, opt.lr, opt.lr_min)
+    if epoch < recipe.warmup_epochs:
+        lr *= (epoch + progress) / recipe.warmup_epochs
+    return lr
 
 
 @torch.no_grad()
@@ -96,11 +103,11 @@ def arch_text(arch) -> str:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False):
-        self.config, self.arch, self.run, self.quiet = config, arch, run, quiet
-        self.device = torch.device(config.device)
+    def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False, dataset: Dataset | None = None):
+        self.config, self.arch, self.run, self.quiet = config, arch, run, quiet or not distributed.is_main()
+        self.device = distributed.setup(config.device)
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-        self.dataset = load_dataset(config.data)
+        self.dataset = dataset or load_dataset(config.data)
         recipe = config.train
         n = len(self.dataset.train)
         if recipe.valid_portion > 0:
@@ -112,11 +119,19 @@ class Trainer:
         torch.manual_seed(seed_of(config.seed, "train", "init"))
         self.model = build_model(arch, config.model, self.dataset.num_classes, self.dataset.channels)
         self.model.to(self.device, memory_format=self.memory_format)
+        if recipe.sync_bn:
+            self.model = distributed.use_global_batch_norm(self.model)
+        # under torchrun the training steps go through DistributedDataParallel (rank 0's initial weights,
+        # gradients averaged in buckets during backward); everything else uses the plain network
+        self.forward = self.model
+        if distributed.active():
+            self.forward = nn.parallel.DistributedDataParallel(self.model, device_ids=None)
         opt = recipe.optimizer
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=opt.lr, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, nesterov=opt.nesterov)
         self.stream = BatchStream(self.dataset.train, self.train_idx, recipe.batch_size,
-                                  seed_of(config.seed, "train", "batches"), config.data.augment)
+                                  seed_of(config.seed, "train", "batches"), config.data.augment,
+                                  distributed.rank(), distributed.world_size())
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.history: list[dict[str, Any]] = []
         self.best_acc = -1.0
@@ -132,12 +147,12 @@ class Trainer:
                      count_parameters(self.model), steps, recipe.batch_size)
         for epoch in range(start, recipe.epochs):
             started = time.perf_counter()
-            lr = learning_rate(self.config, epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
             if hasattr(self.model, "drop_path_prob"):
                 self.model.drop_path_prob = recipe.drop_path_prob * epoch / recipe.epochs
-            train_loss, train_acc = self._epoch(steps, f"train {epoch + 1}/{recipe.epochs}")
+            train_loss, train_acc = self._epoch(epoch, steps, f"train {epoch + 1}/{recipe.epochs}")
+            train_loss, train_acc = distributed.mean_over_ranks([train_loss, train_acc], self.device)
+            distributed.sync_module(self.model)  # rank 0's BN statistics everywhere before evaluating and saving
+            lr = self.optimizer.param_groups[0]["lr"]
             predicted, labels, eval_loss = predictions(self.model, self.eval_source, self.eval_idx,
                                                        recipe.batch_size, self.device)
             eval_acc = (predicted == labels).float().mean().item()
@@ -149,16 +164,18 @@ class Trainer:
                      recipe.epochs, lr, train_loss, train_acc, self.eval_name, eval_loss, eval_acc, row["seconds"])
             self._save(epoch + 1, eval_acc)
 
-    def _epoch(self, steps: int, desc: str) -> tuple[float, float]:
+    def _epoch(self, epoch: int, steps: int, desc: str) -> tuple[float, float]:
         recipe = self.config.train
         self.model.train()
         loss_mean, acc_mean = RunningMean(), RunningMean()
         bar = tqdm(range(steps), desc=desc, leave=False, disable=self.quiet or not sys.stderr.isatty())
-        for _ in bar:
+        for step in bar:
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(self.config, epoch, (step + 1) / steps)
             x, y = next(self.stream)
             x, y = x.to(self.device, memory_format=self.memory_format), y.to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
-            out = self.model(x)
+            out = self.forward(x)
             logits, aux = out if isinstance(out, tuple) else (out, None)
             loss = self.criterion(logits, y)
             if aux is not None:
@@ -178,6 +195,8 @@ class Trainer:
                             self.dataset.image_size, data.dataset, epoch, self.model)
 
     def _save(self, epochs_done: int, eval_acc: float) -> None:
+        if not distributed.is_main():
+            return
         # best first: a kill between the two writes leaves a checkpoint that re-does this epoch
         if eval_acc > self.best_acc:
             self.best_acc = eval_acc
@@ -222,9 +241,13 @@ class Trainer:
 def train(config: TrainConfig, arch, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train the final network of `arch`; returns the report (also written to `report.json`)."""
     started = time.perf_counter()
-    run = RunDir.prepare(out, {"arch": arch.to_dict(), **config_to_dict(config)}, resume)
-    trainer = Trainer(config, arch, run, quiet)
+    dataset = load_dataset(config.data)  # a missing or broken dataset stops here, before the run directory exists
+    distributed.setup(config.device)  # before the run directory: rank 0 prepares it for all
+    run = distributed.on_main(lambda: RunDir.prepare(out, {"arch": arch.to_dict(), **config_to_dict(config)}, resume))
+    trainer = Trainer(config, arch, run, quiet, dataset)
     trainer.fit()
+    if not distributed.is_main():  # rank 0 tests and writes the report
+        return {"command": "train", "run_dir": str(run.path), "rank": distributed.rank()}
     last, best = trainer.test("last"), trainer.test("best")
     from hwnas.plots import plot_confusion_matrix, plot_training_curves
 

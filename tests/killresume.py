@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -31,6 +32,49 @@ def _killed_and_resumed(argv, command: list[str], tmp_path: Path, checkpoint: st
     resumed = subprocess.run([sys.executable, "-m", "hwnas", *command, "--out", str(tmp_path / "killed"), "--resume",
                               "--quiet"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def _loadable_or_absent(folder: Path) -> None:
+    for path in folder.glob("*.pt"):
+        torch.load(path, weights_only=True)  # raises if a kill left a torn checkpoint behind
+
+
+def kill_five_times(argv, command: list[str], tmp_path: Path, checkpoint: str) -> list[str]:
+    """Run `argv(out)` to the end in tmp_path/full; run it again in tmp_path/killed and SIGKILL it five
+    times, resuming after each kill: once while it writes `checkpoints/<checkpoint>` (its temporary file
+    exists), then at four random moments (seeded) of a run as long as the uninterrupted one. After every
+    kill each checkpoint on disk must load. Then resume to the end. Returns what each kill hit."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    started = time.perf_counter()
+    subprocess.run(argv(tmp_path / "full"), check=True, env=env, capture_output=True)
+    duration = time.perf_counter() - started
+    rng = random.Random(0)
+    killed, checkpoints = tmp_path / "killed", tmp_path / "killed/checkpoints"
+    resume = [sys.executable, "-m", "hwnas", *command, "--out", str(killed), "--resume", "--quiet"]
+    hits: list[str] = []
+    for kill in range(5):
+        proc = subprocess.Popen(resume if (killed / "config.yaml").exists() else argv(killed), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if kill == 0:  # during a checkpoint write: poll for the temporary file atomic_write writes first
+            deadline = time.time() + 300
+            while proc.poll() is None and time.time() < deadline and \
+                    not any(checkpoints.glob(f".{checkpoint}.tmp-*")):
+                time.sleep(0.0002)
+        else:
+            deadline = time.time() + rng.uniform(0.1, 0.9) * duration
+            while proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+        finished = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        torn = any(checkpoints.glob(f".{checkpoint}.tmp-*"))
+        hits.append("finished" if finished else "during a checkpoint write" if torn else "between writes")
+        _loadable_or_absent(checkpoints)
+    done = subprocess.run(resume if (killed / "config.yaml").exists() else argv(killed), env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not any(checkpoints.glob(".*.tmp-*")), "a resumed run clears what a killed write left"
+    return hits
 
 
 def _sets(overrides: list[str]) -> list[str]:

@@ -1,9 +1,11 @@
 """The shared search loop with DARTS on tiny digits configs: outputs, determinism, kill and resume."""
 
 import json
+import sys
 
+import pytest
 import torch
-from killresume import kill_and_resume
+from killresume import kill_and_resume, kill_five_times
 
 from hwnas.cli import main
 from hwnas.genotypes import load_genotype
@@ -65,6 +67,19 @@ def test_killed_and_resumed_search_matches_uninterrupted(tmp_path):
     for kind in ("normal", "reduce"):
         assert torch.equal(full["model"][f"alphas.{kind}"], again["model"][f"alphas.{kind}"])
     assert len((tmp_path / "killed/metrics.csv").read_text().strip().splitlines()) == 5
+
+
+@pytest.mark.slow  # six runs of the search (one uninterrupted, five restarts): about two minutes on 2 cores
+def test_search_killed_five_times_ends_bit_for_bit_where_an_uninterrupted_one_does(tmp_path):
+    overrides = sum([["--set", s] for s in TINY + ["search.epochs=6"]], [])
+    hits = kill_five_times(lambda out: [sys.executable, "-m", "hwnas", "search", "darts", "--out", str(out),
+                                        "--quiet", *overrides], ["search", "darts"], tmp_path, "search.pt")
+    assert hits[0] == "during a checkpoint write", hits
+    full = torch.load(tmp_path / "full/checkpoints/search.pt", weights_only=True)
+    again = torch.load(tmp_path / "killed/checkpoints/search.pt", weights_only=True)
+    for name, value in full["model"].items():
+        assert torch.equal(value, again["model"][name]), name
+    assert (tmp_path / "full/arch.json").read_text() == (tmp_path / "killed/arch.json").read_text()
 
 
 def test_resume_without_a_run_is_an_error(tmp_path, capsys):

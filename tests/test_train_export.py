@@ -65,6 +65,43 @@ def test_learning_rate_schedules():
     assert learning_rate(cosine, 0) == pytest.approx(0.025) and learning_rate(cosine, 300) == pytest.approx(0.0125)
     decay = load_config(TrainConfig, "configs/train/imagenet_mobile.yaml")
     assert learning_rate(decay, 2) == pytest.approx(0.1 * 0.97 ** 2)
+    warm = load_config(TrainConfig, "configs/train/cifar10.yaml", ["train.warmup_epochs=2"])
+    assert learning_rate(warm, 0, 0.5) == pytest.approx(0.025 * 0.25)  # a quarter through the warm-up
+    assert learning_rate(warm, 1, 1.0) == pytest.approx(learning_rate(cosine, 1))  # the schedule once it ends
+    assert learning_rate(warm, 2, 0.5) == learning_rate(cosine, 2)
+
+
+def test_warmup_longer_than_training_is_refused(tmp_path, capsys):
+    assert main(["train", "--arch", "DARTS_V2", "--set", "train.epochs=3", "--set", "train.warmup_epochs=3",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "warmup_epochs (3) must be less than train.epochs (3)" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_zero_init_residual_makes_every_residual_mbconv_an_identity_at_start():
+    from hwnas.models.routed_net import RoutedNetwork
+    from hwnas.ops import MBConv
+    from hwnas.spaces.definition import load_space
+
+    arch = RoutedArch("densenas_32", (RoutedBlock(1, "mbconv_k3_t3", ("mbconv_k5_t6", "mbconv_k3_t3")),
+                                      RoutedBlock(4, "mbconv_k3_t6", ("mbconv_k7_t3",)),
+                                      *SMALL_ROUTED.blocks[2:]))
+    space = load_space("densenas_32")
+    identities = []
+
+    def record(op, inputs, output):
+        identities.append(torch.equal(output, inputs[0]))
+
+    # the stem's MBConv is not in a routing block; heads change shape; the three stack layers are residual
+    for zero_init, expected in ((True, [False, False, True, True, False, True] + [False] * 4), (False, [False] * 10)):
+        torch.manual_seed(0)
+        net = RoutedNetwork(space, arch, 10, zero_init_residual=zero_init)
+        for op in net.modules():
+            if isinstance(op, MBConv):
+                op.register_forward_hook(record)
+        identities.clear()
+        net(torch.randn(2, 3, 32, 32))
+        assert identities == expected
 
 
 def test_confusion_matrix_counts():
@@ -276,7 +313,7 @@ def test_run_end_to_end_on_a_tiny_budget_search(tmp_path):
     budget = 4.0
     args = ["run", "--out", str(tmp_path / "run"), "--json", "--quiet", "--set", f"budget_ms={budget}",
             "--set", "search.set=[search.epochs=2,search.steps_per_epoch=1,search.batch_size=8,data.train_subset=120]",
-            "--set", "train.set=[train.epochs=1,train.steps_per_epoch=2,train.batch_size=16]"]
+            "--set", "train.set=[train.epochs=1,train.warmup_epochs=0,train.steps_per_epoch=2,train.batch_size=16]"]
     assert main(args) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["predicted_ms"] <= budget and report["within_budget_by_table"]

@@ -85,7 +85,7 @@ def build_model(arch, model: ModelConfig, num_classes: int, in_channels: int) ->
         if in_channels != space.input_channels:
             raise DataError(f"the {space.name} space takes {space.input_channels}-channel input but the data has "
                             f"{in_channels}; set data.channels: {space.input_channels}")
-        return RoutedNetwork(space, arch, num_classes, model.dropout)
+        return RoutedNetwork(space, arch, num_classes, model.dropout, model.zero_init_residual)
     try:
         return CellNetwork(arch, model.init_channels, num_classes, model.layers, model.auxiliary,
                            imagenet=model.layout == "imagenet", in_channels=in_channels)

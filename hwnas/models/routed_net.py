@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwnas.ops import ConvBNReLU6, mobile_op
+from hwnas.ops import ConvBNReLU6, MBConv, mobile_op
 from hwnas.routed import RoutedArch
 from hwnas.spaces.definition import RoutingSpace
 
@@ -22,7 +22,8 @@ def routed_classifier(width: int, num_classes: int, dropout: float = 0.0) -> nn.
 
 
 class RoutedNetwork(nn.Module):
-    def __init__(self, space: RoutingSpace, arch: RoutedArch, num_classes: int | None = None, dropout: float = 0.0):
+    def __init__(self, space: RoutingSpace, arch: RoutedArch, num_classes: int | None = None, dropout: float = 0.0,
+                 zero_init_residual: bool = False):
         super().__init__()
         arch.check(space)
         self.arch = arch
@@ -36,6 +37,10 @@ class RoutedNetwork(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.final = ConvBNReLU6(space.width(arch.path[-1]), space.final_width, 1, 1)
         self.classifier = routed_classifier(space.final_width, num_classes or space.num_classes, dropout)
+        if zero_init_residual:
+            for op in self.blocks.modules():
+                if isinstance(op, MBConv) and op.residual:
+                    nn.init.zeros_(op.body[-1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.final(self.blocks(self.stem(x))))

@@ -1,0 +1,213 @@
+"""Every file or value a user hands hwnas, broken in each way the resilience issue lists, through the CLI.
+
+Each case must end with exit code 2 and one line on stderr (`hwnas: error: ...`) that names the problem
+(the fragment checked here) and says what to do, with no traceback, and must leave every file that was
+there before byte for byte as it was, creating no run directory or output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hwnas.cli import main
+
+TABLE_32 = Path("latency_tables/amd-epyc-2core-ort-1thread/densenas_32.csv")
+SMALL_ROUTED = {"space": "densenas_32", "blocks": [
+    {"block": b, "head": "mbconv_k3_t3", "stack": []} for b in (1, 4, 7, 10, 13, 16)]}
+QUICK_TRAIN = ["--set", "train.epochs=1", "--set", "train.steps_per_epoch=1"]
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+def darts_config(tmp: Path, change: str) -> str:
+    """The quick DARTS recipe with one line changed (or appended)."""
+    text = Path("configs/search/darts_digits.yaml").read_text()
+    return str(write(tmp / "recipe.yaml", text.replace("  epochs: 6\n", change) if change.startswith("  ")
+                     else text + change))
+
+
+def genotype(tmp: Path, **change) -> str:
+    from hwnas.genotypes import ZOO
+
+    data = {**ZOO["DARTS_V2"].to_dict(), **change}
+    return str(write(tmp / "arch.json", json.dumps(data)))
+
+
+def routed(tmp: Path, blocks) -> str:
+    return str(write(tmp / "arch.json", json.dumps({"space": "densenas_32", "blocks": blocks})))
+
+
+def corrupt_table(tmp: Path, corrupt: Callable[[pd.DataFrame], pd.DataFrame]) -> str:
+    csv = tmp / "table.csv"
+    shutil.copy(TABLE_32, csv)
+    shutil.copy(TABLE_32.with_suffix(".json"), csv.with_suffix(".json"))
+    corrupt(pd.read_csv(csv)).to_csv(csv, index=False)
+    return str(csv)
+
+
+def idx_file(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    write(path, header + array.astype(np.uint8).tobytes())
+
+
+def fashion_mnist(tmp: Path, truncate: bool) -> str:
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 20), ("t10k", 5)):
+        idx_file(tmp / "fm" / f"{prefix}-images-idx3-ubyte", rng.integers(0, 255, (n, 28, 28)))
+        idx_file(tmp / "fm" / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    if truncate:
+        images = tmp / "fm/train-images-idx3-ubyte"
+        images.write_bytes(images.read_bytes()[:1000])
+    return str(tmp / "fm")
+
+
+def weights(tmp: Path, arch: str = "DARTS_V2", mangle: Callable[[bytes], bytes] | None = None) -> str:
+    """A real weights file of a small cell network (as `hwnas train` writes them), optionally mangled."""
+    from hwnas.config import ModelConfig
+    from hwnas.genotypes import ZOO
+    from hwnas.models import build_model
+    from hwnas.runs import save_checkpoint
+    from hwnas.train import weights_file
+
+    model_cfg = ModelConfig(init_channels=8, layers=5, auxiliary=False)
+    model = build_model(ZOO[arch], model_cfg, 10, 1)
+    path = tmp / "weights.pt"
+    save_checkpoint(path, weights_file(ZOO[arch].to_dict(), model_cfg, 10, 1, 32, "digits", 1, model))
+    if mangle:
+        path.write_bytes(mangle(path.read_bytes()))
+    return str(path)
+
+
+class RunsCode:
+    """A pickle that would run a shell command when loaded without weights_only."""
+
+    def __reduce__(self):
+        return os.system, ("touch PWNED",)
+
+
+def malicious_checkpoint(tmp: Path) -> str:
+    buffer = io.BytesIO()
+    torch.save({"format": "hwnas-weights/1", "payload": RunsCode()}, buffer)
+    return str(write(tmp / "weights.pt", buffer.getvalue()))
+
+
+def interrupted_search(tmp: Path) -> str:
+    """A real one-step search run whose checkpoint was then cut short (a disk that filled up, say)."""
+    run = tmp / "run"
+    assert main(["search", "darts", "--out", str(run), "--quiet", "--set", "search.epochs=1", "--set", "search.batch_size=16", "--set",
+                 "search.steps_per_epoch=1", "--set", "data.train_subset=200"]) == 0
+    checkpoint = run / "checkpoints/search.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:5000])
+    return str(run)
+
+
+def search_args(config: str, *extra: str) -> list[str]:
+    return ["search", "darts", "--config", config, *extra]
+
+
+# (case id, argv builder given the tmp folder, fragment of the one-line message)
+CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
+    # configs
+    ("config-unknown-key", lambda t: search_args(darts_config(t, "  epochz: 6\n")), "search.epochz: unknown key"),
+    ("config-wrong-type", lambda t: search_args(darts_config(t, "  epochs: six\n")), "search.epochs"),
+    ("config-negative-epochs", lambda t: search_args(darts_config(t, "  epochs: -3\n")), "search.epochs"),
+    ("config-missing-file", lambda t: search_args(str(t / "absent.yaml")), "absent.yaml"),
+    ("config-not-yaml", lambda t: search_args(str(write(t / "r.yaml", "method: [darts\n"))), "r.yaml"),
+    ("config-bad-override", lambda t: ["search", "darts", "--set", "search.batch_size=0"], "search.batch_size"),
+    # datasets
+    ("dataset-missing-folder", lambda t: ["train", "--arch", "DARTS_V2", "--set", "data.dataset=cifar10",
+                                          "--set", f"data.root={t / 'nowhere'}"], "nowhere"),
+    ("dataset-wrong-format", lambda t: ["train", "--arch", "DARTS_V2", "--set", "data.dataset=cifar10", "--set",
+                                        f"data.root={write(t / 'c/cifar-10-batches-py/data_batch_1', 'x').parent.parent}"],
+     "cifar"),
+    ("dataset-truncated-file", lambda t: ["train", "--arch", "DARTS_V2", "--set", "data.dataset=fashion-mnist",
+                                          "--set", f"data.root={fashion_mnist(t, truncate=True)}"],
+     "train-images-idx3-ubyte"),
+    # latency tables and kits
+    ("table-missing-column", lambda t: ["lut", "predict", "--table", corrupt_table(t, lambda d: d.drop(columns=["cv"])),
+                                        "--arch", routed(t, SMALL_ROUTED["blocks"])], "missing column"),
+    ("table-duplicate-key", lambda t: ["lut", "predict", "--table", corrupt_table(t, lambda d: pd.concat([d, d.iloc[:1]])),
+                                       "--arch", routed(t, SMALL_ROUTED["blocks"])], "more than once"),
+    ("table-nan-latency", lambda t: ["lut", "predict", "--table", corrupt_table(t, lambda d: d.assign(p10_ms=float("nan"))),
+                                     "--arch", routed(t, SMALL_ROUTED["blocks"])], "not a number"),
+    ("table-negative-latency", lambda t: ["lut", "predict", "--table",
+                                          corrupt_table(t, lambda d: d.assign(median_ms=-d.median_ms)),
+                                          "--arch", routed(t, SMALL_ROUTED["blocks"])], "must be positive"),
+    ("table-zero-latency", lambda t: ["lut", "predict", "--table", corrupt_table(t, lambda d: d.assign(p10_ms=0.0)),
+                                      "--arch", routed(t, SMALL_ROUTED["blocks"])], "must be positive"),
+    ("table-another-space", lambda t: ["lut", "predict", "--table", str(TABLE_32), "--arch", "DenseNAS-C"],
+     "densenas_224"),
+    ("table-missing-file", lambda t: ["search", "densenas", "--table", str(t / "absent.csv")], "absent.csv"),
+    # architectures
+    ("arch-unknown-op", lambda t: ["info", "--arch", genotype(t, normal=[["sep_conv_9x9", 0]] + [["skip_connect", 1]] * 7),
+                                   "--dataset", "cifar10"], "sep_conv_9x9"),
+    ("arch-input-out-of-range", lambda t: ["info", "--arch", genotype(t, normal=[["skip_connect", 5]] * 8),
+                                           "--dataset", "cifar10"], "input"),
+    ("arch-wrong-edge-count", lambda t: ["info", "--arch", genotype(t, normal=[["skip_connect", 0]] * 7),
+                                         "--dataset", "cifar10"], "two (op, input) pairs per node"),
+    ("arch-broken-route", lambda t: ["info", "--arch", routed(t, [{"block": 1, "head": "mbconv_k3_t3", "stack": []},
+                                                                  {"block": 16, "head": "mbconv_k3_t3", "stack": []}]),
+                                     "--dataset", "cifar10"], "no connection from block 1 to block 16"),
+    ("arch-unknown-name", lambda t: ["info", "--arch", "DARTS_V9", "--dataset", "cifar10"], "DARTS_V9"),
+    # checkpoints
+    ("checkpoint-truncated", lambda t: ["export", "--weights", weights(t, mangle=lambda b: b[: len(b) // 2]),
+                                        "--out", str(t / "m.onnx")], "not a loadable hwnas checkpoint"),
+    ("checkpoint-another-arch", lambda t: ["export", "--weights", weights(t), "--arch", "PC_DARTS_cifar",
+                                           "--out", str(t / "m.onnx")], "PC_DARTS_cifar"),
+    ("checkpoint-runs-code", lambda t: ["export", "--weights", malicious_checkpoint(t), "--out", str(t / "m.onnx")],
+     "not a loadable hwnas checkpoint"),
+    ("checkpoint-truncated-on-resume", lambda t: ["search", "darts", "--out", interrupted_search(t), "--resume"],
+     "not a loadable hwnas checkpoint"),
+    # budgets
+    ("budget-zero", lambda t: ["search", "densenas", "--budget-ms", "0"], "--budget-ms"),
+    ("budget-negative", lambda t: ["search", "densenas", "--budget-ms", "-2"], "--budget-ms"),
+    ("budget-infeasible", lambda t: ["search", "densenas", "--budget-ms", "0.1"],
+     "below the smallest latency any densenas_32 network has with this table (0.945 ms)"),
+    ("budget-not-a-number", lambda t: ["search", "densenas", "--budget-ms", "fast"], "--budget-ms"),
+]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case, build, fragment", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, build, fragment, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(Path(__file__).parent.parent)  # configs/ and latency_tables/ relative to the repository
+    argv = build(tmp_path)
+    out = tmp_path / "out"
+    if "--out" not in argv and argv[0] in ("search", "train"):
+        argv += ["--out", str(out)]
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own checks (a value of the wrong kind) exit from parse_args
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwnas: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert fragment in err, err
+    assert snapshot(tmp_path) == before, "a file was changed or created"
+    assert not Path("PWNED").exists()
+
+
+def test_the_catalogue_covers_every_kind_of_input_the_issue_lists():
+    kinds = {case.split("-")[0] for case, _, _ in CASES}
+    assert kinds == {"config", "dataset", "table", "arch", "checkpoint", "budget"} and len(CASES) >= 20

@@ -48,6 +48,8 @@ def compare(reference: Path, other: Path, description: dict) -> dict:
         row[f"{column}_off_keys"] = int(off.sum())
         row[f"{column}_off_and_flagged"] = int(sum(k in unstable for k in off[off].index))
         row[f"{column}_mean_abs_error_pct"] = round(float((b[column] / a[column] - 1).abs().mean() * 100), 2)
+        row[f"{column}_within_5pct_or_flagged"] = round(
+            1 - (row[f"{column}_off_keys"] - row[f"{column}_off_and_flagged"]) / len(a), 4)
     return row
 
 

@@ -355,3 +355,14 @@ def test_ort_runner_in_a_fresh_venv_with_only_numpy_and_onnxruntime(tiny, tmp_pa
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert main(["profile", "ingest", str(tmp_path / "r.csv"), "--out", str(tmp_path / "t.csv")]) == 0
+
+
+def test_profile_warns_when_most_keys_were_unstable(capsys):
+    from hwnas.cli import _show_profile
+
+    keys = [f"op{i}:8x8x8:8:s1:b1:float32" for i in range(10)]
+    _show_profile({"table": "t.csv", "keys": 10, "unstable_keys": keys[:2]})
+    quiet = capsys.readouterr().out
+    assert "2 key(s) stayed unstable" in quiet and "warning" not in quiet
+    _show_profile({"table": "t.csv", "keys": 10, "unstable_keys": keys[:8]})
+    assert "warning: 80% of the keys were unstable: the device was busy" in capsys.readouterr().out

@@ -40,8 +40,7 @@ def compare(reference: Path, other: Path, description: dict) -> dict:
     a, b = pd.read_csv(reference, index_col="key"), pd.read_csv(other, index_col="key")
     a, b = a.loc[[k for k in a.index if ":" in k]], b.loc[[k for k in a.index if ":" in k]]  # op keys only
     unstable = set(description.get("unstable_keys", []))
-    row = {"keys": len(a), "flagged_unstable": len(unstable & set(a.index)),
-           "remeasured": int((b["remeasured"] > 0).sum()) if "remeasured" in b else None}
+    row = {"keys": len(a), "flagged_unstable": len(unstable & set(a.index))}
     for column in ("p10_ms", "median_ms"):
         off = (b[column] / a[column] - 1).abs() > 0.05
         row[f"{column}_within_5pct"] = round(float(1 - off.mean()), 4)

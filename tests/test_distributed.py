@@ -164,7 +164,7 @@ def test_torchrun_search_on_two_processes(tmp_path):
     alphas = [k for k in a["model"] if "alpha" in k]
     weights = [k for k in a["model"] if "alpha" not in k and a["model"][k].is_floating_point()]
     assert _max_diff(a["model"], b["model"], alphas) <= 2 * arch_lr * steps  # at worst sign flips; measured 1e-5
-    assert _max_diff(a["model"], b["model"], weights) < FLOAT32_WEIGHTS      # measured 5e-5
+    assert _max_diff(a["model"], b["model"], weights) < FLOAT32_WEIGHTS      # measured 4.5e-7
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     report = json.loads((two / "report.json").read_text())
     assert report["arch"] == json.loads((two / "arch.json").read_text())

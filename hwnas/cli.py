@@ -338,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # hwnas's own messages at INFO; libraries (ONNX Runtime's tools, ...) only when they warn
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
     # under torchrun only rank 0 speaks; the others report errors and warnings only
-    quiet = getattr(args, "json", False) or getattr(args, "quiet", False) or os.environ.get("RANK", "0") != "0"
+    first_rank = os.environ.get("RANK", "0") == "0"
+    quiet = getattr(args, "json", False) or getattr(args, "quiet", False) or not first_rank
     logging.getLogger("hwnas").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
         result = args.func(args)
@@ -348,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hwnas: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
-    if os.environ.get("RANK", "0") != "0":
+    if not first_rank:
         return 0
     if args.json:
         print(json.dumps(result))

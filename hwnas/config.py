@@ -161,7 +161,7 @@ class TrainLoopConfig(Strict):
     schedule: Literal["cosine", "exponential"] = Field(
         "cosine", description="cosine from lr to lr_min, or lr * lr_decay**epoch (DARTS ImageNet)")
     lr_decay: float = Field(0.97, gt=0.0, le=1.0)
-    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/warmup steps to lr over these epochs")
+    warmup_epochs: int = Field(0, ge=0, description="epochs over which the rate rises linearly (per step) to the schedule's")
     grad_clip: float | None = Field(5.0, gt=0.0)
     auxiliary_weight: float = Field(0.4, ge=0.0)
     drop_path_prob: float = Field(0.2, ge=0.0, lt=1.0, description="cell networks: grows linearly to this")

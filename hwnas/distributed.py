@@ -176,11 +176,6 @@ def use_global_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def barrier() -> None:
-    if active():
-        dist.barrier()
-
-
 def check_agreement(value: Any, what: str) -> None:
     """Fail loudly if the ranks hold different `value`s (they must derive the same architecture)."""
     if not active():

@@ -38,6 +38,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _join(rank: int, world: int, port: int) -> None:
+    """A worker's start: this rank joins a local gloo group (when there are several), one thread, float64."""
+    from hwnas import distributed
+
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                          LOCAL_RANK=str(rank))
+        distributed.setup("cpu")
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+
+
 def _one_weight_and_arch_step(rank: int, world: int, port: int, method_name: str, out: str) -> None:
     """Worker: the quick config's supernet in float64, one weight step then one architecture step on
     this rank's share (every `world`-th image) of fixed batches of 16; saves gradients and the derivation."""
@@ -46,12 +58,7 @@ def _one_weight_and_arch_step(rank: int, world: int, port: int, method_name: str
     from hwnas.methods import get_method
     from hwnas.search import arch_step, weight_step
 
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                          LOCAL_RANK=str(rank))
-        distributed.setup("cpu")
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
+    _join(rank, world, port)
     config = load_config(SearchConfig, f"configs/search/{method_name}_digits.yaml")
     channels, size = SHAPES[method_name]
     method = get_method(method_name)(config, 10, channels)
@@ -99,12 +106,7 @@ def _one_training_step(rank: int, world: int, port: int, out: str) -> None:
     from hwnas.genotypes import ZOO
     from hwnas.models import build_model
 
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                          LOCAL_RANK=str(rank))
-        distributed.setup("cpu")
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
+    _join(rank, world, port)
     torch.manual_seed(0)
     model = distributed.use_global_batch_norm(
         build_model(ZOO["DARTS_V2"], ModelConfig(init_channels=8, layers=5), 10, 1))

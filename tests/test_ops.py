@@ -1,10 +1,13 @@
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hwnas.models.cell_net import FixedReductionCell, NetworkCIFAR
 from hwnas.genotypes import ZOO
-from hwnas.ops import OPS, FactorizedReduce, PRIMITIVES, drop_path
+from hwnas.ops import OPS, DilatedDepthwiseConv, FactorizedReduce, PRIMITIVES, _PointwiseConvBN, _SameDilatedDepthwise, drop_path
 from hwnas.spaces.cell import MixedOp
 
 
@@ -77,3 +80,84 @@ def test_cifar_network_train_returns_aux_and_eval_logits():
     assert logits.shape == aux.shape == (2, 10)
     net.eval()
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [10, 8, 7])  # 8: 5x5 weight gradient by taps; 7: the plain conv
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_dilated_depthwise_conv_trains_with_the_plain_convs_numbers(kernel, stride, size, channels_last):
+    """Output, input gradient and weight gradient equal F.conv2d's (float64, to rounding)."""
+    torch.manual_seed(0)
+    conv = DilatedDepthwiseConv(4, kernel, stride, 2 * (kernel // 2), 2).double()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 4, size, size, dtype=torch.float64).to(memory_format=fmt).requires_grad_()
+    ref = F.conv2d(x, conv.weight, None, stride, 2 * (kernel // 2), 2, 4)
+    out = conv(x)
+    grad = torch.randn_like(ref)
+    want = torch.autograd.grad(ref, (x, conv.weight), grad)
+    got = torch.autograd.grad(out, (x, conv.weight), grad)
+    first_two_nodes = [out.grad_fn.name()] + [f.name() for f, _ in out.grad_fn.next_functions if f is not None]
+    if stride == 2:  # undilated conv of the every-other-pixel slice
+        assert "SliceBackward0" in first_two_nodes
+    elif size % 2 == 0:
+        assert first_two_nodes[0] == "_SameDilatedDepthwiseBackward"
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel, size", [(3, 6), (5, 6), (5, 10)])  # 5x5 on a small plane: by taps
+def test_dilated_depthwise_conv_second_derivatives_are_exact(kernel, size):
+    """The unrolled DARTS check differentiates through the backward (create_graph)."""
+    torch.manual_seed(0)
+    conv = DilatedDepthwiseConv(2, kernel, 1, 2 * (kernel // 2), 2).double()
+    x = torch.randn(2, 2, size, size, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x, w: _SameDilatedDepthwise.apply(x, w, 2), (x, conv.weight))
+
+
+def test_dilated_depthwise_conv_evaluates_and_exports_as_one_dilated_conv(tmp_path):
+    """Outside training the plain conv runs: ONNX graphs (and so latency keys) are unchanged."""
+    import onnx
+    from hwnas.latency.kit import export_onnx
+
+    op = OPS["dil_conv_5x5"](4, 1, True)
+    export_onnx(op, (1, 4, 8, 8), tmp_path / "dil.onnx")
+    convs = [n for n in onnx.load(tmp_path / "dil.onnx").graph.node if n.op_type == "Conv"]
+    dilations = [list(a.ints) for n in convs for a in n.attribute if a.name == "dilations"]
+    assert dilations == [[2, 2], [1, 1]]  # the depthwise 5x5 dilated, then the pointwise
+
+
+@pytest.mark.parametrize("affine, frozen", [(False, False), (True, False), (False, True)])
+def test_pointwise_conv_bn_trains_with_the_unfused_numbers_and_keeps_less(affine, frozen):
+    """The fused 1x1 conv + BN gives the unfused outputs, gradients and running statistics, and keeps
+    one activation fewer for backward (frozen: the architecture step, where it keeps its output)."""
+    torch.manual_seed(0)
+    fused = OPS["dil_conv_3x3"](4, 1, affine).double()
+    for p in fused.parameters():
+        p.requires_grad_(not frozen)
+    plain = copy.deepcopy(fused)
+    x = torch.randn(3, 4, 8, 8, dtype=torch.float64, requires_grad=True)
+    saved = {}
+    for name, op in (("fused", fused), ("plain", plain)):
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            out = op(x) if name == "fused" else op[3](op[2](op[1](op[0](x))))
+            kept_by_consumer = out * 2.0 if not frozen else out * x.new_tensor(2.0, requires_grad=True)
+        grads = torch.autograd.grad(kept_by_consumer, [x, *(p for p in op.parameters() if p.requires_grad)],
+                                    torch.cos(out))
+        saved[name] = (out, grads, sum(n for n in sizes if n == x.numel()))
+    torch.testing.assert_close(saved["fused"][0], saved["plain"][0], rtol=0, atol=1e-12)
+    for g, w in zip(saved["fused"][1], saved["plain"][1]):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    assert saved["fused"][2] == saved["plain"][2] - x.numel()
+    for a, b in zip(fused.buffers(), plain.buffers()):
+        assert torch.equal(a, b)  # running mean, var and batch count updated alike
+
+
+def test_pointwise_conv_bn_second_derivatives_are_exact():
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(3, 2, 1, bias=False).double(), nn.BatchNorm2d(2).double()
+    z = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda z, w, g, b: _PointwiseConvBN.apply(z, w, g, b, None, None, 0.1, 1e-5),
+                                        (z, conv.weight, bn.weight, bn.bias))

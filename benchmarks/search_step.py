@@ -22,10 +22,12 @@ from pathlib import Path
 def measure(method: str, steps: int, layers: int, batch: int) -> dict:
     import torch
 
+    from hwnas.allocator import keep_freed_memory
     from hwnas.info import recipe_supernet_config
     from hwnas.methods import get_method
     from hwnas.search import arch_step, weight_step
 
+    keep_freed_memory()  # as the search loop does
     torch.manual_seed(0)
     # the method's own CIFAR recipe (PC-DARTS's K, P-DARTS's first stage), at the common depth
     config = recipe_supernet_config(method, {"layers": layers, "init_channels": 16})

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hwnas import distributed
+from hwnas.allocator import keep_freed_memory
 from hwnas.config import SearchConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
@@ -112,6 +113,7 @@ class SearchLoop:
     def __init__(self, config: SearchConfig, method: SearchMethod, dataset: Dataset, run: RunDir, quiet: bool):
         self.config, self.method, self.dataset, self.run = config, method, dataset, run
         self.device = distributed.setup(config.device)
+        keep_freed_memory()
         self.quiet = quiet or not distributed.is_main()
         self.memory_format = torch.channels_last if config.search.channels_last else torch.contiguous_format
         self.weight_idx, self.arch_idx = split_indices(

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hwnas import distributed
+from hwnas.allocator import keep_freed_memory
 from hwnas.config import ModelConfig, TrainConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices, subset_indices
 from hwnas.errors import CheckpointError
@@ -106,6 +107,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False, dataset: Dataset | None = None):
         self.config, self.arch, self.run, self.quiet = config, arch, run, quiet or not distributed.is_main()
         self.device = distributed.setup(config.device)
+        keep_freed_memory()
         self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
         self.dataset = dataset or load_dataset(config.data)
         recipe = config.train

@@ -121,6 +121,10 @@ def _space_to_batch(x: torch.Tensor, d: int) -> torch.Tensor:
     return nchw.reshape(N * d * d, C, H // d, W // d)
 
 
+def _same_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    return F.conv2d(x, weight, None, 1, dilation * (weight.shape[-1] // 2), dilation, weight.shape[0])
+
+
 class _SameDilatedDepthwise(torch.autograd.Function):
     """A stride-1 dilated depthwise conv with "same" padding, whose gradients avoid oneDNN's slow
     dilated kernels:
@@ -164,15 +168,11 @@ def _depthwise_weight_grad_by_taps(x: torch.Tensor, grad: torch.Tensor, kernel: 
     return torch.stack(taps, 1).view(-1, 1, kernel, kernel)
 
 
-def _same_depthwise(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    return F.conv2d(x, weight, None, 1, dilation * (weight.shape[-1] // 2), dilation, weight.shape[0])
-
-
 class DilatedDepthwiseConv(nn.Conv2d):
     """A dilated depthwise conv (no bias) that trains several times faster on CPU with the same numbers.
 
     oneDNN runs a dilated depthwise conv's forward fast but its backward 10-60x slower than an undilated
-    one's (benchmarks/search_step.py's note); in training it is therefore computed from undilated convs:
+    one's (README, "Speed and memory on the CPU"); in training it is computed from undilated convs:
     - stride = dilation d: the conv reads every d-th pixel only, so it is the undilated conv of x[..., ::d, ::d];
     - stride 1, "same" padding, sizes divisible by d: `_SameDilatedDepthwise`.
     Evaluation, export and other shapes run the plain conv: ONNX graphs and latency keys are unchanged.

@@ -29,6 +29,7 @@ def test_later_steps_reuse_freed_memory_instead_of_faulting_it_in_again():
 
     kept, first, third = run("keep")
     assert kept and first > 50_000  # 256 MiB of fresh 4 KiB pages
-    assert third < first // 20  # (the second step still settles: measured 10,240 faults, the third 0)
-    _, first_default, third_default = run("default")
-    assert third_default > first_default // 2  # glibc's default gives the memory back and faults it in again
+    # Measured: the second step still settles (10,240 faults), the third 0. With glibc's defaults this
+    # probe's third step usually faults as many pages as the first (65,505 of 65,640), but that depends
+    # on glibc's adaptive thresholds, so it is not asserted.
+    assert third < first // 20

@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hwnas.errors import HwnasError
+from hwnas.ops import count_training_batch
 
 
 def launched_ranks() -> int:
@@ -152,8 +153,7 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         var = _SumOverRanks.apply((centred * centred).sum(dim=(0, 2, 3))) / total
         if self.track_running_stats:
             with torch.no_grad():
-                self.num_batches_tracked += 1
-                momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+                momentum = count_training_batch(self)
                 self.running_mean.lerp_(mean, momentum)
                 self.running_var.lerp_(var * total / (total - 1), momentum)
         y = centred * torch.rsqrt(var.view(shape) + self.eps)

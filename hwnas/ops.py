@@ -74,13 +74,17 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tenso
     # exact type: SyncBatchNorm and hwnas.distributed.GlobalBatchNorm must keep their own forward
     if not (pointwise and type(bn) is nn.BatchNorm2d and bn.training and torch.is_grad_enabled()):
         return bn(conv(z))
-    momentum = bn.momentum
-    if bn.track_running_stats:  # what nn.BatchNorm2d.forward does
-        bn.num_batches_tracked.add_(1)
-        if momentum is None:
-            momentum = 1.0 / float(bn.num_batches_tracked)
     return _PointwiseConvBN.apply(z, conv.weight, bn.weight, bn.bias, bn.running_mean, bn.running_var,
-                                  0.0 if momentum is None else momentum, bn.eps)
+                                  count_training_batch(bn), bn.eps)
+
+
+def count_training_batch(bn: nn.BatchNorm2d) -> float:
+    """What nn.BatchNorm2d.forward does before a training batch: count it and return the running
+    statistics' update factor (momentum, or 1/batches seen when momentum is None; unused without them)."""
+    if not bn.track_running_stats:
+        return 0.0
+    bn.num_batches_tracked.add_(1)
+    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
 
 
 class _ConvBNSequential(nn.Sequential):

@@ -195,6 +195,14 @@ def _show_profile(result: dict[str, Any]) -> None:
               "profile again on a quiet machine (README: Latency tables, reliable numbers)")
 
 
+def _space(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.spaces.definition import derive_command
+
+    return derive_command(args.base, args.out, args.name, input_size=args.input_size, width=args.width,
+                          max_stack_layers=args.max_stack_layers, max_connections=args.max_connections,
+                          num_classes=args.num_classes, min_size=args.min_size)
+
+
 def _lut(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.latency import validate
 
@@ -312,6 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--name", help="device name recorded in the table")
     i.add_argument("--json", action="store_true")
     p.set_defaults(func=_profile, show=_show_profile)
+
+    p = sub.add_parser("space", help="derive a routing space from another (width, input size, depth)")
+    ssub = p.add_subparsers(dest="space_command", required=True, parser_class=_Parser)
+    d = ssub.add_parser("derive", help="write a space scaled from another, e.g. for your image size")
+    d.add_argument("--from", dest="base", required=True, help="base space: name under configs/spaces/ or YAML")
+    d.add_argument("--out", required=True, help="space YAML to write")
+    d.add_argument("--name", help="the new space's name (default: the file's stem)")
+    d.add_argument("--input-size", type=int, help="input side in pixels; the earliest downsamplings are dropped "
+                                                  "so the last feature map keeps at least --min-size pixels")
+    d.add_argument("--width", type=float, help="width multiplier (widths rounded to multiples of 8)")
+    d.add_argument("--max-stack-layers", type=int, help="at most this many stack layers per block")
+    d.add_argument("--max-connections", type=int, help="block i may feed at most blocks i+1 .. i+N")
+    d.add_argument("--num-classes", type=int)
+    d.add_argument("--min-size", type=int)
+    d.add_argument("--json", action="store_true")
+    p.set_defaults(func=_space, show=lambda r: print(
+        f"wrote {r['out']}: {r['space']}, derived from {r['base']}, {r['blocks']} blocks, widths {r['widths']}, "
+        f"sizes {r['sizes']}, {r['connections']} connections"))
 
     p = sub.add_parser("lut", help="check a latency table against whole networks, or predict one architecture")
     lsub = p.add_subparsers(dest="lut_command", required=True, parser_class=_Parser)

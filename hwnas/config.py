@@ -137,6 +137,12 @@ class SearchConfig(Strict):
                 f"search.arch_start_epoch ({self.search.arch_start_epoch}) must be below "
                 f"search.epochs ({self.search.epochs}), or the architecture never moves"
             )
+        given = sorted(self.supernet.model_fields_set)
+        if self.method.name == "densenas" and given:
+            # the routing space builds DenseNAS's supernet: these keys would be silently ignored.
+            # A ConfigError (not a ValueError) so the message names the keys, as a field error would
+            raise ConfigError(f"{', '.join('supernet.' + k for k in given)}: DenseNAS's supernet is defined by its "
+                              "routing space (method.space), not by the cell-supernet keys; drop `supernet`")
         return self
 
 
@@ -298,4 +304,6 @@ def load_config(model: type[ModelT], path: str | Path, overrides: list[str] | No
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:
-    return config.model_dump(mode="json")
+    # a DenseNAS run has no cell supernet: leave its unused defaults out, so the saved config reloads
+    densenas = isinstance(config, SearchConfig) and config.method.name == "densenas"
+    return config.model_dump(mode="json", exclude={"supernet"} if densenas else None)

@@ -166,10 +166,14 @@ def _block(space: RoutingSpace, weights: RoutingWeights, source: int, target: in
 def viterbi(space: RoutingSpace, weights: RoutingWeights) -> RoutedArch:
     """P(block 0) = 1; P(k) = max over sources a of P(a) * softmax(beta_a)[a -> k], with back-pointers;
     backtrack from the final 1x1 block. On the path each head op is the argmax of the chosen branch's
-    alphas and each stack layer its argmax, layers whose best op is skip dropped."""
+    alphas and each stack layer its argmax, layers whose best op is skip dropped.
+
+    On an exact tie the nearest source wins, as in the DenseNAS release (it scans sources from the
+    nearest and keeps the first maximum); max() keeps the first maximum, so scan them the same way."""
     logp, back = {0: 0.0}, {}
     for k in range(1, space.final_block + 1):
-        back[k] = max(space.sources(k), key=lambda a: logp[a] + _log(weights.edges[a][space.targets(a).index(k)]))
+        back[k] = max(reversed(space.sources(k)),
+                      key=lambda a: logp[a] + _log(weights.edges[a][space.targets(a).index(k)]))
         a = back[k]
         logp[k] = logp[a] + _log(weights.edges[a][space.targets(a).index(k)])
     path = [space.final_block]
@@ -225,7 +229,8 @@ def budget_viterbi(space: RoutingSpace, weights: RoutingWeights, cost: "RoutingC
 
     Dynamic programming over blocks with latency as a resource: per block, for each latency bucket
     of width budget_ms / resolution, the best-scoring way to reach it (its true latency kept, so the
-    budget is never exceeded); branches that cannot reach the final block within the budget are cut."""
+    budget is never exceeded); branches that cannot reach the final block within the budget are cut.
+    Ties go to the nearest sources, as in `viterbi`, so a loose budget gives its answer."""
     low, _ = cost.bounds()
     if budget_ms < low:
         raise HwnasError(f"no architecture of {space.name} fits a budget of {budget_ms:g} ms; the smallest feasible "
@@ -237,7 +242,7 @@ def budget_viterbi(space: RoutingSpace, weights: RoutingWeights, cost: "RoutingC
     labels: dict[int, dict[int, tuple[float, float, tuple]]] = {0: {0: (cost.fixed, 0.0, ())}}
     for k in range(1, space.final_block + 1):
         best: dict[int, tuple[float, float, tuple]] = {}
-        for a in space.sources(k):
+        for a in reversed(space.sources(k)):  # nearest first: a later source must score higher to win
             edge_score = _log(weights.edges[a][space.targets(a).index(k)])
             options = _edge_options(space, weights, cost, a, k, prune)
             for lat, score, steps in labels[a].values():
@@ -252,7 +257,8 @@ def budget_viterbi(space: RoutingSpace, weights: RoutingWeights, cost: "RoutingC
         labels[k] = best
     final = list(labels[space.final_block].values())
     in_window = [label for label in final if label[0] >= min_ms]
-    _, _, steps = max(in_window or final, key=lambda label: label[1])
+    # on a tie the path whose sources, read back from the output, are nearest: viterbi's backtracking
+    _, _, steps = max(in_window or final, key=lambda label: (label[1], [a for a, _, _ in reversed(label[2])]))
     return RoutedArch(space.name, tuple(_block(space, weights, a, k, choice[0], choice[1:])
                                         for a, k, choice in steps[:-1]))
 

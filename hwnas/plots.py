@@ -27,29 +27,50 @@ def _edge_labels(n_rows: int) -> list[str]:
     return labels[:n_rows] if len(labels) == n_rows else [str(i) for i in range(n_rows)]
 
 
+def _short(op: str) -> str:
+    return SHORT.get(op, op.removeprefix("mbconv_"))
+
+
+def _panel(weights: Any, column_names: Sequence[str] | None) -> tuple[list[list[float]], list[str], list[str]]:
+    """(matrix, row labels, column labels) of one kind of weights: a matrix, a vector (one column), or a
+    method's labelled `{"values", "rows", "columns"}`. Unlabelled rows are a cell's edges, columns
+    `column_names` when they fit."""
+    rows = columns = None
+    if isinstance(weights, dict):
+        weights, rows, columns = weights["values"], weights.get("rows"), weights.get("columns")
+    matrix = weights if isinstance(weights[0], list) else [[v] for v in weights]
+    if columns is None and column_names and len(column_names) == len(matrix[0]):
+        columns = column_names
+    return (matrix, rows or _edge_labels(len(matrix)),
+            [_short(n) for n in columns] if columns else [str(i) for i in range(len(matrix[0]))])
+
+
 def plot_arch_weights(history: Sequence[dict[str, Any]], out_dir: Path, max_panels: int = 6,
                       column_names: Sequence[str] | None = None) -> list[Path]:
-    """One heatmap file per kind of architecture weights (normal, reduce, betas, ...), with panels
-    for up to `max_panels` epochs spread over the search, so the drift of the weights is visible."""
+    """One heatmap file per kind of architecture weights (normal, reduce, betas, head, stack, ...), with
+    panels for up to `max_panels` epochs spread over the search, so the drift of the weights is visible.
+    Axes are named by the method's labels (see `SearchMethod.arch_weights`), else as `_panel` says."""
     rows = [r for r in history if r.get("arch_weights")]
     if not rows:
         return []
-    picks = sorted({round(i * (len(rows) - 1) / max(1, max_panels - 1)) for i in range(min(max_panels, len(rows)))})
+    n = min(max_panels, len(rows))  # spread from the first epoch to the last
+    picks = sorted({round(i * (len(rows) - 1) / max(1, n - 1)) for i in range(n)})
     snapshots = [(rows[i], json.loads(rows[i]["arch_weights"])) for i in picks]
     written = []
     for kind in snapshots[-1][1]:
-        panels = [(row, w[kind]) for row, w in snapshots if kind in w]
-        matrices = [w if isinstance(w[0], list) else [[v] for v in w] for _, w in panels]
-        values = [v for m in matrices for r in m for v in r]
-        fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels) + 1, 4.5), squeeze=False)
-        for ax, (row, _), matrix in zip(axes[0], panels, matrices):
+        panels = [(row, _panel(w[kind], column_names)) for row, w in snapshots if kind in w]
+        values = [v for _, (matrix, _, _) in panels for r in matrix for v in r]
+        n_rows = max(len(matrix) for _, (matrix, _, _) in panels)
+        # tall enough that every row's label stays legible (a DenseNAS space has ~50 branches)
+        fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels) + 2, max(4.5, 0.13 * n_rows + 1.5)),
+                                 squeeze=False, layout="constrained")
+        for i, (ax, (row, (matrix, row_labels, column_labels))) in enumerate(zip(axes[0], panels)):
             # one colour scale for all panels, spanning the values seen, so the drift shows
             image = ax.imshow(matrix, cmap="viridis", vmin=min(values), vmax=max(values), aspect="auto")
             ax.set_title(f"{row.get('stage', '')} ep {row['epoch']}", fontsize=8)
-            ax.set_yticks(range(len(matrix)), _edge_labels(len(matrix)), fontsize=6)
-            names = column_names if column_names and len(column_names) == len(matrix[0]) else None
-            ax.set_xticks(range(len(matrix[0])), [SHORT.get(n, n) for n in names] if names else
-                          [str(i) for i in range(len(matrix[0]))], fontsize=6, rotation=90)
+            # row labels on the first panel only: the panels share their rows
+            ax.set_yticks(range(len(matrix)), row_labels if i == 0 else [], fontsize=6)
+            ax.set_xticks(range(len(matrix[0])), column_labels, fontsize=6, rotation=90)
         fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
         fig.suptitle(f"architecture weights: {kind}")
         path = out_dir / f"arch_weights_{kind}.png"

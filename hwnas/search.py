@@ -184,6 +184,7 @@ class SearchLoop:
             # batch size, so it neither moves the search's random stream nor depends on the number of ranks
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed_of(cfg.seed, stage, "evaluate", epoch))
+                self.method.before_evaluation(model)
                 val_loss, val_acc = evaluate(model, self.dataset.train, self.arch_idx,
                                              recipe.batch_size * distributed.world_size(), self.device)
             arch = self.method.derive(model)
@@ -193,7 +194,7 @@ class SearchLoop:
             row = {
                 "stage": stage, "epoch": epoch + 1, "lr": lr, **extra,
                 **dict(zip(("train_loss", "train_acc", "arch_loss", "arch_acc"), means)),
-                "val_loss": val_loss, "val_acc": val_acc,
+                "val_loss": val_loss, "val_acc": val_acc, **self.method.epoch_metrics(model),
                 "seconds": time.perf_counter() - started,
                 "arch": json.dumps(arch_to_json(arch)),
                 "arch_weights": json.dumps(self.method.arch_weights(model)),

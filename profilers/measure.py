@@ -62,14 +62,45 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def host_identity() -> dict[str, object]:
+    """What tells one host from another beyond its CPU model string: one model name covers several
+    generations, core counts, cache sizes and instruction sets (AVX-512 or not changes every kernel)."""
+    import hashlib
+
+    info = _cpuinfo()
+    flags = info.get("flags") or info.get("Features") or ""
+    try:
+        memory_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    except (ValueError, OSError, AttributeError):
+        memory_gb = None
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12] if flags else None,
+        "cpu_count": os.cpu_count(),
+        "cache_size": info.get("cache size"),
+        "memory_gb": memory_gb,
+        "machine": platform.machine(),
+    }
+
+
 def describe_device() -> dict[str, object]:
     """What a reader of the table needs to judge where it came from and how noisy the device was."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "cpu_model": cpu_model(),
-        "machine": platform.machine(),
+        **host_identity(),
         "system": f"{platform.system()} {platform.release()}",
-        "cpu_count": os.cpu_count(),
         "cpu_governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),
         "load_average_1min": round(load[0], 2) if load else None,
         "python": platform.python_version(),

@@ -1,7 +1,7 @@
 import pytest
 
 from hwnas.cli import main
-from hwnas.config import SearchConfig, load_config, parse_overrides
+from hwnas.config import SearchConfig, load_config, parse_overrides, read_yaml, resolve_path
 from hwnas.errors import ConfigError
 
 
@@ -67,7 +67,27 @@ def test_config_for_another_method(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("recipe", ["darts_cifar10", "pdarts_digits", "gdas_digits", "pcdarts_digits"])
+def test_densenas_rejects_the_cell_supernet_keys(capsys, tmp_path):
+    """DenseNAS builds its supernet from its routing space: a `supernet` key would do nothing."""
+    with pytest.raises(ConfigError) as info:
+        load_config(SearchConfig, "configs/search/densenas_digits.yaml", ["supernet.layers=20"])
+    message = str(info.value)
+    assert message.startswith(str(resolve_path("configs/search/densenas_digits.yaml")) + ": supernet.layers: ")
+    assert "routing space (method.space)" in message and "\n" not in message
+    # the cell methods use it
+    assert load_config(SearchConfig, "configs/search/darts_digits.yaml", ["supernet.layers=20"]).supernet.layers == 20
+    # the shipped DenseNAS recipes set none of it
+    for recipe in sorted(resolve_path("configs/search").glob("*densenas*.yaml")):
+        assert "supernet" not in read_yaml(recipe) and load_config(SearchConfig, recipe).method.name == "densenas"
+    # the CLI: one line, exit 2, no run directory
+    assert main(["search", "densenas", "--set", "supernet.layers=20", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "supernet.layers: DenseNAS's supernet is defined by its routing space" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("recipe", ["darts_cifar10", "pdarts_digits", "gdas_digits", "pcdarts_digits",
+                                    "densenas_digits"])
 def test_resolved_config_round_trips_with_method_options(recipe):
     """The run directory's config.yaml is what --resume rebuilds from: method options must survive."""
     from hwnas.config import build_config, config_to_dict

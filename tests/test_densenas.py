@@ -13,7 +13,7 @@ from hwnas.latency.cost import RoutingCost
 from hwnas.latency.keys import routed_arch_keys
 from hwnas.methods.densenas import rescale_sampled, sample_ops
 from hwnas.routed import RoutedArch, RoutedBlock
-from hwnas.spaces.definition import load_space
+from hwnas.spaces.definition import load_space, parse_space
 from hwnas.spaces.routing import RoutingSupernet
 
 from latency_helpers import TINY_SPACE, synthetic_table
@@ -126,6 +126,36 @@ def test_viterbi_finds_the_most_probable_path(tiny, supernet):
         assert block.stack == tuple(op for op in argmax if op != "skip_connect")
 
 
+def uniform_weights(space, edges=None):
+    """Every choice equally likely (as at the start of a search); `edges` overrides some blocks' betas."""
+    flat = lambda n: [1.0 / n] * n
+    return RoutingWeights(
+        edges={b: flat(len(space.targets(b))) for b in range(space.num_blocks)} | (edges or {}),
+        heads={(j, i): flat(len(space.head_ops)) for j in range(1, space.num_blocks) for i in space.sources(j)},
+        stacks={j: [flat(len(space.stack_ops))] * space.stack_layers[j]
+                for j in range(1, space.num_blocks) if space.stack_layers[j]})
+
+
+FLAT_SPACE = dict(kind="routing", name="flat", input_size=8, num_classes=10, widths=[8, 8, 8, 8], sizes=[8, 8, 8, 8],
+                  stages=[0, 0, 0, 0], stack_layers=[0, 1, 0, 1], head_ops=["mbconv_k3_t3", "mbconv_k5_t6"],
+                  stack_ops=["mbconv_k3_t3", "skip_connect"], final_width=16)
+
+
+def test_viterbi_ties_go_to_the_nearest_source(tiny):
+    # flat: block b feeds all later blocks. Uniform betas: the output is reached from block 0 directly
+    # (1/4) or through block 3 (1/4 * 1), an exact tie that the DenseNAS release gives to block 3
+    flat = parse_space(FLAT_SPACE, "flat")
+    arch = viterbi(flat, uniform_weights(flat))
+    assert arch == RoutedArch("flat", (RoutedBlock(3, "mbconv_k3_t3", ("mbconv_k3_t3",)),))
+    # tiny: block 2 is reached from 0 (1/2) or from 1 (1/2 * 1); the tie goes to 1 and the path backtracks through it
+    w = uniform_weights(tiny, edges={1: [1.0, 0.0]})
+    assert viterbi(tiny, w).path == (0, 1, 2, 3)
+    # budget_viterbi with a loose budget picks the same paths (its tied ops go to the cheaper one)
+    for space, weights in ((flat, uniform_weights(flat)), (tiny, w)):
+        cost = RoutingCost(space, synthetic_table(space)[0])
+        assert budget_viterbi(space, weights, cost, cost.bounds()[1] + 1).path == viterbi(space, weights).path
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.6, 1.0])
 def test_budget_viterbi_is_the_best_architecture_under_the_budget(tiny, supernet, fraction):
     cost = RoutingCost(tiny, synthetic_table(tiny)[0])
@@ -198,6 +228,58 @@ def test_infeasible_budget_fails_before_the_search(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "smallest latency" in err and "feasible range" in err
     assert not out.exists()
+
+
+def test_arch_weight_heatmaps_name_ops_and_blocks(tiny, supernet, tmp_path, monkeypatch):
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from hwnas.config import SearchConfig, build_config
+    from hwnas.methods import get_method
+    from hwnas.ops import PRIMITIVES
+    from hwnas.plots import plot_arch_weights
+
+    config = build_config(SearchConfig, {"method": {"name": "densenas", "space": str(tmp_path / "tiny.yaml"),
+                                                    "latency_loss": "none"}}, "test")
+    method = get_method("densenas")(config, 10, 3)
+    weights = json.dumps(method.arch_weights(supernet))
+    history = [{"stage": "search", "epoch": e, "arch_weights": weights} for e in (1, 2, 3)]
+    figures = {}  # keep each figure open to read its axes
+    monkeypatch.setattr(plt, "close", lambda fig: figures.setdefault(fig.get_suptitle().split(": ")[-1], fig))
+    paths = plot_arch_weights(history, tmp_path, column_names=PRIMITIVES)
+    assert [p.name for p in paths] == ["arch_weights_head.png", "arch_weights_stack.png"]
+    assert all(p.is_file() for p in paths)
+
+    def axis_labels(kind):
+        *panels, _colorbar = figures[kind].axes
+        assert [ax.get_title() for ax in panels] == ["search ep 1", "search ep 2", "search ep 3"]
+        first, second = panels[:2]
+        assert [t.get_text() for t in second.get_yticklabels()] == [""] * len(second.get_yticks())  # first panel only
+        return [t.get_text() for t in first.get_xticklabels()], [t.get_text() for t in first.get_yticklabels()], first
+
+    columns, rows, ax = axis_labels("head")
+    assert columns == ["k3_t3", "k5_t6"]  # tiny's head_ops, mbconv_ dropped
+    assert rows == ["block 1 <- 0", "block 2 <- 0", "block 2 <- 1", "block 3 <- 1", "block 3 <- 2"]
+    # each labelled row holds that branch's head probabilities
+    for r, (j, i) in enumerate([(1, 0), (2, 0), (2, 1), (3, 1), (3, 2)]):
+        expected = F.softmax(supernet.head_alphas(j, i), -1).detach()
+        assert torch.allclose(torch.tensor(ax.images[0].get_array()[r].tolist()), expected), rows[r]
+    columns, rows, ax = axis_labels("stack")
+    assert columns == ["k3_t3", "skip"]
+    assert rows == ["block 1 layer 0", "block 1 layer 1", "block 3 layer 0"]
+    expected = F.softmax(supernet.stack_alphas(1)[1], -1).detach()
+    assert torch.allclose(torch.tensor(ax.images[0].get_array()[1].tolist()), expected)
+
+    # a cell method's plain matrices: edges `j->i` on the rows, the given column names on the columns
+    cell = [{"epoch": 1, "arch_weights": json.dumps({"normal": [[1 / 8] * 8] * 14})}]
+    plot_arch_weights(cell, tmp_path, column_names=PRIMITIVES)
+    ax = figures["normal"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "max", "avg", "skip", "sep3", "sep5", "dil3",
+                                                            "dil5"]
+    assert [t.get_text() for t in ax.get_yticklabels()][:3] == ["0->2", "1->2", "0->3"]
+    for fig in figures.values():
+        plt.close(fig)
 
 
 def test_rescale_keeps_the_mass_of_unsampled_ops():

@@ -120,7 +120,21 @@ class LatencyTable:
         """Predicted latency (ms) of one network made of `keys` (repeats counted)."""
         keys = list(keys)
         self.require(keys)
-        return sum(self.op_ms(k) for k in keys) + self.scale * self.overhead_ms
+        return self.predict_names(k.name for k in keys)
+
+    def predict_names(self, names: Iterable[str]) -> float:
+        """`predict` for key names (a kit's calibration networks list theirs)."""
+        names = list(names)
+        missing = [n for n in names if n not in self._latency]
+        if missing:
+            raise LatencyError(f"{self.source} lacks key {missing[0]}")
+        return self.scale * (sum(max(self._latency[n] - self.overhead_ms, 0.0) for n in names) + self.overhead_ms)
+
+    def rescaled(self, factor: float, reason: dict[str, Any]) -> "LatencyTable":
+        """The same table with every prediction times `factor` (its `network_scale`), saying why."""
+        meta = {**self.meta, "network_scale": self.scale * factor,
+                "rescaled": {"from": self.source, "factor": factor, **reason}}
+        return LatencyTable(self.rows, meta, self.source)
 
 
 def make_table(results: pd.DataFrame, keys: list[OpKey], meta: dict[str, Any], source: str = "(in memory)") -> LatencyTable:

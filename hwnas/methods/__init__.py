@@ -7,6 +7,8 @@ A method plugs into the shared loop through `SearchMethod`:
 - `loss` / `arch_loss` -- the weight-step loss and the architecture-step loss (extra terms go here);
 - `arch_backward` -- fills the architecture gradients (first order by default; DARTS may unroll);
 - `after_arch_step` -- anything after the architecture optimiser step;
+- `before_evaluation` -- what the supernet runs when evaluated after an epoch;
+- `epoch_metrics` -- values logged at the end of an epoch;
 - `derive` -- the architecture the current weights stand for;
 - `report` -- method-specific entries for the run's report;
 - `plots` -- method-specific pictures of the run, written at the end;
@@ -96,11 +98,19 @@ class SearchMethod:
     def after_arch_step(self, model: nn.Module) -> None:
         pass
 
+    def before_evaluation(self, model: nn.Module) -> None:
+        """Set what the supernet runs when the loop evaluates it after an epoch (default: as it is)."""
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Values to log at the end of an epoch (the terms of the architecture loss, say)."""
+        return {}
+
     def derive(self, model: nn.Module) -> Any:
         raise NotImplementedError
 
-    def arch_weights(self, model: nn.Module) -> dict[str, list]:
-        """Normalised architecture weights, for metrics and plots."""
+    def arch_weights(self, model: nn.Module) -> dict[str, Any]:
+        """Normalised architecture weights, for metrics and plots: per kind a matrix (rows x ops) or a
+        vector, or `{"values": matrix, "rows": [...], "columns": [...]}` to name the plot's axes."""
         return {}
 
     def report(self) -> dict[str, Any]:

@@ -56,12 +56,27 @@ class DenseNasOptions(MethodConfig):
     latency_loss: Literal["densenas", "budget", "none"] = "densenas"
     lambda_: float = Field(0.15, alias="lambda", gt=0.0, description="densenas loss weight")
     tau_ms: float = Field(15.0, gt=1.0, description="densenas loss: log(LAT) / log(tau)")
-    budget_ms: float | None = Field(None, gt=0.0, description="latency budget (ms) for `budget` mode")
+    budget_ms: float | None = Field(None, gt=0.0, description="latency budget (ms); sets `latency_loss: budget`")
+    weight_sharing: Literal["independent", "nested"] = Field(
+        "independent", description="candidate MBConvs with their own weights (the release) or nested slices of "
+                                   "one superkernel, which trains in far fewer steps (hwnas/spaces/routing.py)")
     dual_lr: float = Field(0.05, gt=0.0, description="budget mode: step of the multiplier's dual ascent")
     budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
                                 description="budget mode: derive within [(1 - slack) * B, B] when such a network exists")
 
     model_config = {**MethodConfig.model_config, "populate_by_name": True}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _budget_turns_budget_mode_on(cls, data: Any) -> Any:
+        """One setting turns the budget on: `budget_ms` alone means `latency_loss: budget`."""
+        if isinstance(data, dict) and data.get("budget_ms") is not None:
+            loss = data.get("latency_loss", "budget")
+            if loss != "budget":
+                raise ValueError(f"budget_ms is set but latency_loss is {loss!r}, which has no budget; "
+                                 "drop latency_loss (budget_ms alone searches under the budget) or budget_ms")
+            data = {**data, "latency_loss": "budget"}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "DenseNasOptions":
@@ -112,21 +127,34 @@ class DenseNas(SearchMethod):
         self._sampled: dict[str, list[int]] = {}
         self._before: dict[str, torch.Tensor] = {}
         self.latency_history: list[float] = []
+        self._terms: dict[str, list[float]] = {"arch_ce": [], "arch_latency_term": []}
 
     def build_supernet(self) -> nn.Module:
-        return RoutingSupernet(self.space, self.num_classes)
+        return RoutingSupernet(self.space, self.num_classes, nested=self.options.weight_sharing == "nested")
 
     # ---- hooks ----
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
         self.arch_updates_started = epoch >= self.config.search.arch_start_epoch
-        extra: dict[str, float] = {}
+        self._terms = {"arch_ce": [], "arch_latency_term": []}
+        return {}
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """The two terms of the architecture loss (means over the epoch's architecture steps), and the
+        expected latency and multiplier they leave at the end of the epoch."""
+        out = {name: sum(values) / len(values) if values else float("nan") for name, values in self._terms.items()}
         if self.cost:
             with torch.no_grad():
-                extra["expected_latency_ms"] = float(self.cost.expected(model))
-            self.latency_history.append(extra["expected_latency_ms"])
+                out["expected_latency_ms"] = float(self.cost.expected(model))
+            self.latency_history.append(out["expected_latency_ms"])
         if self.budget:
-            extra["mu"] = self.budget.mu
-        return extra
+            out["mu"] = self.budget.mu
+        return out
+
+    def before_evaluation(self, model: nn.Module) -> None:
+        """Evaluate as the release does: every op of every mixed op, weighted by softmax(alpha)."""
+        for op, alphas in model.mixed_ops().values():
+            op.active = list(range(len(op.ops)))
+            op.weights = F.softmax(alphas.detach(), dim=-1)
 
     def _sample(self, model: RoutingSupernet, count: int) -> None:
         """Choose the ops each mixed op runs in the next forward pass."""
@@ -146,13 +174,16 @@ class DenseNas(SearchMethod):
         self._before = {name: alphas.detach().clone() for name, (_, alphas) in model.mixed_ops().items()}
         logits = model(x)
         loss = F.cross_entropy(logits, y)
+        self._terms["arch_ce"].append(loss.item())
         if self.cost and self.options.latency_loss != "none":
             latency = self.cost.expected(model)
             self._latency = latency.item()
             if self.options.latency_loss == "densenas":
-                loss = loss + self.options.lambda_ * torch.log(latency) / math.log(self.options.tau_ms)
+                term = self.options.lambda_ * torch.log(latency) / math.log(self.options.tau_ms)
             else:
-                loss = loss + self.budget.penalty(latency)
+                term = self.budget.penalty(latency)
+            self._terms["arch_latency_term"].append(term.item())
+            loss = loss + term
         return loss, logits
 
     def after_arch_step(self, model: nn.Module) -> None:
@@ -197,9 +228,16 @@ class DenseNas(SearchMethod):
         shipped = space_path(self.space.name) == space_path(self.options.space)
         return arch if shipped else replace(arch, space=str(space_path(self.options.space).resolve()))
 
-    def arch_weights(self, model: nn.Module) -> dict[str, list]:
-        weights = self.weights(model)
-        return {"head": list(weights.heads.values()), "stack": [l for ls in weights.stacks.values() for l in ls]}
+    def arch_weights(self, model: nn.Module) -> dict[str, Any]:
+        """Head and stack op probabilities, labelled: the plots' rows are branches and layers, not indices."""
+        weights, space = self.weights(model), self.space
+        layers = [(j, l, p) for j, ps in weights.stacks.items() for l, p in enumerate(ps)]
+        return {
+            "head": {"values": list(weights.heads.values()), "columns": space.head_ops,
+                     "rows": [f"block {j} <- {i}" for j, i in weights.heads]},
+            "stack": {"values": [p for *_, p in layers], "columns": space.stack_ops,
+                      "rows": [f"block {j} layer {l}" for j, l, _ in layers]},
+        }
 
     def report(self) -> dict[str, Any]:
         return {"space": self.space.name, "latency_loss": self.options.latency_loss,

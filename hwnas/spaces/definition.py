@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
+import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from hwnas.config import Strict, format_validation_error, read_yaml, resolve_path
@@ -133,6 +134,87 @@ class CellSpace(Strict):
         return self
 
 
+def round_width(width: float, divisor: int = 8) -> int:
+    """MobileNet's rounding: the nearest multiple of `divisor`, at least `divisor`, never more than 10% below."""
+    rounded = max(divisor, int(width + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * width else rounded
+
+
+def scaled_sizes(space: RoutingSpace, input_size: int, min_size: int) -> list[int]:
+    """Feature-map sides for `input_size`: the space's downsamplings (the stem's, then each block's),
+    dropping the earliest ones until every side is a whole number of at least `min_size`, as CIFAR
+    variants of ImageNet networks do (MobileNetV2 on CIFAR keeps the stem and first stage at full size)."""
+    strides = [space.stem_stride] + [a // b for a, b in zip(space.sizes, space.sizes[1:])]
+    halvings = [i for i, s in enumerate(strides) if s == 2]
+    for dropped in range(len(halvings) + (not halvings)):
+        kept = set(halvings[dropped:])
+        sizes, side = [], input_size
+        for i in range(len(strides)):
+            side = side / 2 if i in kept else side
+            sizes.append(side)
+        if sizes[-1] >= min_size and all(float(s).is_integer() for s in sizes):
+            return [int(s) for s in sizes]
+    raise ValueError(f"input_size {input_size} allows no downsampling to whole feature maps of at least "
+                     f"{min_size} pixels; choose a size divisible by a power of two")
+
+
+def derive_space(base: RoutingSpace, name: str, input_size: int | None = None, width: float = 1.0,
+                 max_stack_layers: int | None = None, max_connections: int | None = None,
+                 num_classes: int | None = None, min_size: int = 4) -> RoutingSpace:
+    """A routing space scaled from `base`: widths (final block included) times `width` rounded to
+    multiples of 8, at most `max_stack_layers` per block, feature maps for `input_size`, and optionally
+    fewer connections per block. Every path of a routing supernet is evaluated, so the number of
+    blocks, stack layers and connections set the cost of a search step as much as the widths do."""
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    data = base.model_dump()
+    data["name"] = name
+    data["widths"] = [round_width(w * width) for w in base.widths]
+    data["final_width"] = round_width(base.final_width * width)
+    if input_size is not None:
+        data["input_size"] = input_size
+        data["sizes"] = scaled_sizes(base, input_size, min_size)
+    if max_stack_layers is not None:
+        data["stack_layers"] = [min(n, max_stack_layers) for n in base.stack_layers]
+    if max_connections is not None:
+        data["max_connections"] = max_connections
+    _merge_equal_blocks(data)
+    if num_classes is not None:
+        data["num_classes"] = num_classes
+    return RoutingSpace.model_validate(data)
+
+
+def _merge_equal_blocks(data: dict) -> None:
+    """Neighbouring blocks that rounding left alike (same width, size and stage) are one block: the
+    second would only repeat the first's choice; it keeps the larger number of stack layers."""
+    columns = ("widths", "sizes", "stages", "stack_layers")
+    blocks = [list(block) for block in zip(*(data[c] for c in columns))]
+    merged = blocks[:1]
+    for block in blocks[1:]:
+        if len(merged) > 1 and block[:3] == merged[-1][:3]:
+            merged[-1][3] = max(merged[-1][3], block[3])
+        else:
+            merged.append(block)
+    for i, column in enumerate(columns):
+        data[column] = [block[i] for block in merged]
+
+
+class DerivedSpace(Strict):
+    """A space file that derives its space from another: `derive: {from: densenas_224, width: 0.5, ...}`."""
+
+    class Derivation(Strict):
+        from_: str = Field(alias="from", description="the base space: a name under configs/spaces/ or a YAML file")
+        input_size: int | None = Field(None, gt=0)
+        width: float = Field(1.0, gt=0.0)
+        max_stack_layers: int | None = Field(None, ge=0)
+        max_connections: int | None = Field(None, gt=0)
+        num_classes: int | None = Field(None, gt=0)
+        min_size: int = Field(4, gt=0)
+
+    name: str
+    derive: Derivation
+
+
 Space = Annotated[Union[RoutingSpace, CellSpace], Field(discriminator="kind")]
 _SPACE = TypeAdapter(Space)
 
@@ -151,7 +233,51 @@ def load_space(name_or_path: str | Path) -> RoutingSpace | CellSpace:
         shipped = sorted(p.stem for p in resolve_path(SPACES_DIR).glob("*.yaml"))
         raise ConfigError(f"space {str(name_or_path)!r} not found (looked for {path}); "
                           f"shipped spaces: {', '.join(shipped)}, or give a YAML file")
-    return parse_space(read_yaml(path), str(path))
+    definition = read_yaml(path)
+    if "derive" in definition:
+        return _derived(definition, str(path))
+    return parse_space(definition, str(path))
+
+
+def _derived(definition: dict, source: str) -> RoutingSpace:
+    try:
+        spec = DerivedSpace.model_validate(definition)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+    derivation = spec.derive
+    if space_path(derivation.from_) == resolve_path(source):
+        raise ConfigError(f"{source}: a space cannot derive from itself")
+    base = load_space(derivation.from_)
+    if not isinstance(base, RoutingSpace):
+        raise ConfigError(f"{source}: only routing spaces can be derived; {base.name} is a {base.kind} space")
+    try:
+        return derive_space(base, spec.name, **derivation.model_dump(exclude={"from_"}))
+    except (ValueError, ValidationError) as exc:
+        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"{source}: deriving from {base.name}: {detail}") from None
+
+
+def derive_command(base: str, out: str | Path, name: str | None = None, **scaling) -> dict:
+    """`hwnas space derive`: write the full definition of a space derived from `base` to `out`."""
+    out = Path(out)
+    if out.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"--out {out}: a space file ends in .yaml")
+    if out.exists():
+        raise ConfigError(f"{out} exists; choose another --out or remove it")
+    source = load_space(base)
+    if not isinstance(source, RoutingSpace):
+        raise ConfigError(f"only routing spaces can be derived; {source.name} is a {source.kind} space")
+    try:
+        space = derive_space(source, name or out.stem, **{k: v for k, v in scaling.items() if v is not None})
+    except (ValueError, ValidationError) as exc:
+        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"deriving from {source.name}: {detail}") from None
+    settings = ", ".join(f"{k} {v}" for k, v in scaling.items() if v is not None)
+    header = f"# Derived from {source.name}" + (f" ({settings})" if settings else "") + " by `hwnas space derive`.\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(header + yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False, default_flow_style=None))
+    return {"space": space.name, "out": str(out), "base": source.name, "blocks": space.num_blocks,
+            "widths": space.widths, "sizes": space.sizes, "connections": len(space.connections())}
 
 
 def parse_space(definition: object, source: str) -> RoutingSpace | CellSpace:

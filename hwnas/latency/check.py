@@ -1,0 +1,75 @@
+"""Does a latency table describe this machine, now? Checked before a search uses it on this machine.
+
+A table names the host it was profiled on (profilers/measure.py `host_identity`: CPU model,
+instruction-set flags, cores, cache, memory; and the runtime version); a table from another host is not used here. A table from this
+host can still be off: another VM of the same model, a different power state, a noisy neighbour at
+profiling time. So the table's own calibration networks (a few random networks of its space, rebuilt
+from their fixed seed) are timed here with the table's protocol, a few seconds, and compared with
+what the table predicts for them:
+
+- within `TOLERANCE` (5%): the table is used as it is;
+- off by more, but by the same factor for every network (their ratios within `CONSISTENT_SPREAD`):
+  the table is rescaled by that factor (its `network_scale`), written beside the run;
+- off by different factors: the space is profiled again here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hwnas.latency.table import LatencyTable
+from profilers.measure import host_identity
+
+TOLERANCE = 0.05
+CONSISTENT_SPREAD = 0.10  # (max - min) / median of the per-network ratios below which one factor explains them
+IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cpu_count", "cache_size", "memory_gb", "machine")
+
+
+def same_host(table: LatencyTable, runtime_version: str) -> tuple[bool, list[str]]:
+    """Whether the table was profiled on a host like this one with this runtime version; what differs."""
+    recorded = table.meta.get("device") or {}
+    here = host_identity()
+    differs = [f"{name}: table {recorded.get(name)!r}, here {here[name]!r}" for name in IDENTITY_FIELDS
+               if recorded.get(name) != here[name]]
+    if table.meta.get("runtime_version") != runtime_version:
+        differs.append(f"runtime version: table {table.meta.get('runtime_version')}, here {runtime_version}")
+    return not differs, differs
+
+
+def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any]:
+    """Time the table's calibration networks here and compare them with its predictions (module doc)."""
+    from hwnas.latency.keys import space_keys
+    from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks, progress_bar
+    from hwnas.latency.networks import input_shape
+    from hwnas.latency.validate import network_calls
+    from profilers import measure as timing
+
+    table.check_for(space.name, space_keys(space, table.batch))
+    networks = calibration_networks(space, table.batch)[:CALIBRATION_NETWORKS]
+    predicted = {f"network:{i}": table.predict_names(ops) for i, (ops, _) in enumerate(networks)}
+    with tempfile.TemporaryDirectory(prefix="hwnas-check-") as tmp:
+        calls, prepare = network_calls({name: model for name, (_, model) in zip(predicted, networks)},
+                                       input_shape(space, table.batch), "onnxruntime", int(table.meta["threads"]),
+                                       Path(tmp))
+        bar, update = progress_bar("checking the table here", quiet)
+        with bar:
+            results = timing.measure(calls, warmup=int(table.meta.get("warmup", 10)),
+                                     runs=max(int(table.meta.get("runs", 50)), 50), progress=update, prepare=prepare)
+    ratios = np.array([results[name][table.estimator] / predicted[name] for name in predicted])
+    ratio = float(np.median(ratios))
+    spread = float((ratios.max() - ratios.min()) / ratio)
+    if abs(ratio - 1) <= TOLERANCE:
+        decision = "holds"
+    elif spread <= CONSISTENT_SPREAD:
+        decision = "rescale"
+    else:
+        decision = "reprofile"
+    return {"decision": decision, "ratio": ratio, "spread": spread, "tolerance": TOLERANCE,
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "networks": [{"key": name, "predicted_ms": predicted[name], "measured_ms": results[name][table.estimator]}
+                         for name in predicted]}

@@ -163,7 +163,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.spaces.definition import load_space
 
     if args.profile_command == "ingest":
-        table = kit.ingest(args.results, args.out, args.name)
+        table = kit.ingest(args.results, args.out, args.name, allow_busy=args.allow_busy)
         return {"table": table.source, "keys": len(table), "unstable_keys": table.meta.get("unstable_keys", [])}
     if not args.space or not args.out:
         raise HwnasError("profile: give --space SPACE and --out (see `hwnas profile --help`)")
@@ -177,7 +177,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
     if args.warmup < 0:
         raise HwnasError(f"--warmup must not be negative, got {args.warmup}")
     return kit.profile(space, args.out, args.backend, args.name, args.threads, args.batch, args.warmup, args.runs,
-                       args.device, quiet=args.quiet)
+                       args.device, quiet=args.quiet, allow_busy=args.allow_busy)
 
 
 def _show_profile(result: dict[str, Any]) -> None:
@@ -208,10 +208,20 @@ def _lut(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.lut_command == "validate":
         return validate.validate(args.table, args.space, args.samples, args.seed, args.plot, quiet=args.quiet)
+    if args.lut_command == "check":
+        from hwnas.latency.check import check_command
+
+        return check_command(args.table, args.space, quiet=args.quiet)
     return validate.predict_command(args.table, args.arch, args.space)
 
 
 def _show_lut(result: dict[str, Any]) -> None:
+    if result.get("command") == "lut check":
+        print(f"{result['table']}: " + ("profiled on a host like this one" if result["same_host"] else
+                                        "profiled on another host (" + "; ".join(result["differs"]) + ")"))
+        print(f"  calibration networks measure {result['ratio']:.3f}x the prediction here "
+              f"(spread {result['spread']:.1%}, load average {result['load_average_1min']}): {result['decision']}")
+        return
     if "predicted_ms" in result:
         print(f"{result['arch']} on {result['table']}: {result['predicted_ms']:.3f} ms predicted "
               f"({result['estimator']}, call overhead {result['call_overhead_ms']:.3f} ms)")
@@ -308,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch backend only: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="keep a table profiled while the load average was above 0.5 (refused by default)")
     psub = p.add_subparsers(dest="profile_command", parser_class=_Parser)
     k = psub.add_parser("kit", help="export one ONNX model per latency key, to run on a device")
     k.add_argument("--space", required=True)
@@ -318,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("results", help="results CSV written by profilers/ort_runner.py or torch_runner.py")
     i.add_argument("--out", required=True, help="latency table CSV to write")
     i.add_argument("--name", help="device name recorded in the table")
+    i.add_argument("--allow-busy", action="store_true", help="keep a table the device profiled while busy")
     i.add_argument("--json", action="store_true")
     p.set_defaults(func=_profile, show=_show_profile)
 
@@ -349,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--plot", help="write the predicted-vs-measured scatter plot here (PNG)")
     v.add_argument("--json", action="store_true")
     v.add_argument("--quiet", action="store_true")
+    c = lsub.add_parser("check", help="time the table's calibration networks here: does it describe this machine now?")
+    c.add_argument("--table", required=True)
+    c.add_argument("--space", help="the table's space (default: the one it names)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--quiet", action="store_true")
     q = lsub.add_parser("predict", help="predicted latency of one architecture, block by block")
     q.add_argument("--table", required=True)
     q.add_argument("--arch", required=True, help="arch.json (routed or cell) or a zoo name (DenseNAS-C, DARTS_V2)")

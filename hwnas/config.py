@@ -209,11 +209,11 @@ class RunExportConfig(Strict):
 
 
 class RunConfig(Strict):
-    """`hwnas run`: profile (when the shipped table is not from this machine), search under a budget,
-    train, export and verify."""
+    """`hwnas run`: check the shipped table here (or profile), search under a budget, train, export and verify."""
 
-    table: str = Field(description="shipped latency table, used when it was measured on this machine's CPU "
-                                   "and ONNX Runtime version; otherwise the space is profiled first")
+    table: str = Field(description="shipped latency table: used when it was profiled on a host like this one and "
+                                   "agrees with its calibration networks timed here, rescaled when off by one "
+                                   "factor, otherwise the space is profiled first")
     budget_ms: float = Field(gt=0.0, description="latency budget of the derived network")
     search: StageConfig
     train: StageConfig

@@ -284,40 +284,17 @@ def test_run_refuses_a_used_folder(tmp_path, capsys):
 
 # ---- the main job ----
 
-def test_shipped_table_is_used_only_on_the_machine_it_describes(tmp_path, monkeypatch):
-    import onnxruntime
-
-    from hwnas.latency import kit
-    from hwnas.latency.table import load_table
-    from hwnas.pipeline import choose_table
-    from hwnas.spaces.definition import load_space
-
-    space = load_space("densenas_32")
-    meta = load_table(TABLE_32).meta
-    monkeypatch.setattr("profilers.measure.cpu_model", lambda: meta["device"]["cpu_model"])
-    monkeypatch.setattr(onnxruntime, "__version__", meta["runtime_version"])
-    assert choose_table(TABLE_32, space, tmp_path, quiet=True) == {
-        "table": str(load_table(TABLE_32).source), "profiled": False,
-        "machine": {"cpu_model": meta["device"]["cpu_model"], "runtime": "onnxruntime",
-                    "runtime_version": meta["runtime_version"], "space": "densenas_32"}}
-    calls = []
-    monkeypatch.setattr(onnxruntime, "__version__", "0.0.1")
-    monkeypatch.setattr(kit, "profile", lambda space, out, *args, **kwargs: calls.append((space.name, out, kwargs)))
-    chosen = choose_table(TABLE_32, space, tmp_path, quiet=True)
-    assert chosen["profiled"] and chosen["table"] == str(tmp_path / "latency_table.csv")
-    assert calls[0][0] == "densenas_32" and calls[0][2]["runs"] == meta["runs"]
-
-
 def test_run_end_to_end_on_a_tiny_budget_search(tmp_path):
     """The whole job with tiny stages: search under a budget, train, export with .ort, report, plots."""
-    budget = 4.0
+    budget = 0.35
     args = ["run", "--out", str(tmp_path / "run"), "--json", "--quiet", "--set", f"budget_ms={budget}",
             "--set", "search.set=[search.epochs=2,search.steps_per_epoch=1,search.batch_size=8,data.train_subset=120]",
             "--set", "train.set=[train.epochs=1,train.warmup_epochs=0,train.steps_per_epoch=2,train.batch_size=16]"]
     assert main(args) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["predicted_ms"] <= budget and report["within_budget_by_table"]
-    assert report["budget_met"] == (report["measured_ms"] <= 1.05 * budget)
+    assert report["budget_met"] == (0.9 * budget <= report["measured_ms"] <= 1.05 * budget)
+    assert report["budget"] in ("met", "under", "over") and report["table"]["decision"]
     for key in ("onnx", "ort", "weights"):
         assert (tmp_path / "run").joinpath(report["files"][key]).is_file() or \
             (tmp_path / "run" / report["files"][key]).is_file()

@@ -8,13 +8,14 @@ from their fixed seed) are timed here with the table's protocol, a few seconds, 
 what the table predicts for them:
 
 - within `TOLERANCE` (5%): the table is used as it is;
-- off by more, but by the same factor for every network (their ratios within `CONSISTENT_SPREAD`):
+- off by more, but by about the same factor for every network (`CONSISTENT_SPREAD`):
   the table is rescaled by that factor (its `network_scale`), written beside the run;
 - off by different factors: the space is profiled again here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -25,8 +26,10 @@ import numpy as np
 from hwnas.latency.table import LatencyTable
 from profilers.measure import host_identity
 
+log = logging.getLogger(__name__)
+
 TOLERANCE = 0.05
-CONSISTENT_SPREAD = 0.10  # (max - min) / median of the per-network ratios below which one factor explains them
+CONSISTENT_SPREAD = 0.10  # interquartile range / median of the per-network ratios within which one factor explains them
 IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cpu_count", "cache_size", "memory_gb", "machine")
 
 
@@ -44,7 +47,7 @@ def same_host(table: LatencyTable, runtime_version: str) -> tuple[bool, list[str
 def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any]:
     """Time the table's calibration networks here and compare them with its predictions (module doc)."""
     from hwnas.latency.keys import space_keys
-    from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks, progress_bar
+    from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks
     from hwnas.latency.networks import input_shape
     from hwnas.latency.validate import network_calls
     from profilers import measure as timing
@@ -56,13 +59,13 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
         calls, prepare = network_calls({name: model for name, (_, model) in zip(predicted, networks)},
                                        input_shape(space, table.batch), "onnxruntime", int(table.meta["threads"]),
                                        Path(tmp))
-        bar, update = progress_bar("checking the table here", quiet)
-        with bar:
-            results = timing.measure(calls, warmup=int(table.meta.get("warmup", 10)),
-                                     runs=max(int(table.meta.get("runs", 50)), 50), progress=update, prepare=prepare)
+        if not quiet:
+            log.info("timing the table's %d calibration networks here ...", len(calls))
+        results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
+                                       runs=max(int(table.meta.get("runs", 50)), 50), prepare=prepare)
     ratios = np.array([results[name][table.estimator] / predicted[name] for name in predicted])
     ratio = float(np.median(ratios))
-    spread = float((ratios.max() - ratios.min()) / ratio)
+    spread = float((np.percentile(ratios, 75) - np.percentile(ratios, 25)) / ratio)
     if abs(ratio - 1) <= TOLERANCE:
         decision = "holds"
     elif spread <= CONSISTENT_SPREAD:
@@ -73,3 +76,18 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
             "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
             "networks": [{"key": name, "predicted_ms": predicted[name], "measured_ms": results[name][table.estimator]}
                          for name in predicted]}
+
+
+def check_command(table_path: str, space_name: str | None = None, quiet: bool = False) -> dict[str, Any]:
+    """`hwnas lut check`: the host comparison and, on a like host, the calibration-network check."""
+    import onnxruntime
+
+    from hwnas.latency.table import load_table
+    from hwnas.spaces.definition import load_space
+
+    table = load_table(table_path)
+    space = load_space(space_name or table.space)
+    same, differs = same_host(table, onnxruntime.__version__)
+    report: dict[str, Any] = {"command": "lut check", "table": table.source, "space": space.name,
+                              "same_host": same, "differs": differs}
+    return {**report, **check_table(table, space, quiet)}

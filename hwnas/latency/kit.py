@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 import warnings
@@ -41,6 +43,10 @@ OPSET = 17
 CALIBRATION_KEY = "call_overhead"
 CALIBRATION_NETWORKS = 8
 CALIBRATION_SEED = 1000  # `hwnas lut validate` samples its networks with other seeds
+# a table is refused when the device's 1-minute load average exceeded this as profiling started: one other
+# busy process adds about 1, and two busy processes slow each other several-fold on a small CPU
+# (HWNAS_MAX_PROFILE_LOAD changes it: the test suite, itself a busy process, raises it)
+MAX_LOAD = float(os.environ.get("HWNAS_MAX_PROFILE_LOAD", "0.5"))
 
 
 def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, dynamic_batch: bool = False) -> None:
@@ -144,7 +150,8 @@ def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     return results.set_index("key"), description
 
 
-def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, force: bool = False) -> LatencyTable:
+def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, force: bool = False,
+           allow_busy: bool = False) -> LatencyTable:
     """Turn a runner's results into a latency table for the kit's space."""
     results, description = read_results(results_csv)
     kit = description["kit"]
@@ -182,6 +189,11 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
     out = Path(out).with_suffix(".csv")
     if out.exists() and not force:
         raise HwnasError(f"{out} exists; choose another --out or remove it")
+    load = description["device"].get("load_average_1min")
+    if load is not None and load > MAX_LOAD and not allow_busy:
+        raise LatencyError(f"{results_csv}: the device's load average was {load} when profiling started (more than "
+                           f"{MAX_LOAD}): something else was running, and its latencies would be too high; profile "
+                           "again on a quiet device (or pass --allow-busy to keep such a table)")
     table = make_table(results, keys, meta, str(out))
     save_table(table, out)
     return table
@@ -190,12 +202,14 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
 def progress_bar(desc: str, quiet: bool):
     from tqdm import tqdm
 
-    bar = tqdm(total=1, desc=desc, unit="call", disable=quiet, dynamic_ncols=True, mininterval=1.0)
+    bar = tqdm(total=1, desc=desc, unit="call", disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True,
+               mininterval=1.0)
 
     def update(done: int, total: int) -> None:
         bar.total = total
         bar.n = done
-        bar.refresh()
+        if not bar.disable:
+            bar.refresh()
 
     return bar, update
 
@@ -230,11 +244,16 @@ def torch_calls(keys: list[OpKey], device: str, threads: int | None,
 
 def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "ort", name: str | None = None,
             threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu",
-            quiet: bool = False) -> dict[str, Any]:
+            quiet: bool = False, allow_busy: bool = False) -> dict[str, Any]:
     """Profile every key of `space` on this machine and write the table: the kit and runner in one step."""
     out = Path(out).with_suffix(".csv")
     if out.exists():
         raise HwnasError(f"{out} exists; choose another --out or remove it")
+    load = timing.describe_device()["load_average_1min"]
+    if load is not None and load > MAX_LOAD and not allow_busy:
+        raise LatencyError(f"this machine's load average is {load} (more than {MAX_LOAD}): something else is "
+                           "running, and the table's latencies would be too high; profile when it is quiet "
+                           "(or pass --allow-busy to keep such a table)")
     if backend not in ("ort", "torch"):
         raise HwnasError(f"--backend must be ort or torch, got {backend!r}")
     start = time.time()
@@ -254,7 +273,7 @@ def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "or
             bar, update = progress_bar("measuring (torch)", quiet)
             with bar:
                 torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)
-        table = ingest(results_csv, out, name)
+        table = ingest(results_csv, out, name, allow_busy=allow_busy)
     table.meta["seconds"] = round(time.time() - start, 1)
     save_table(table, out)
     return {"table": str(out), "keys": len(table), "seconds": table.meta["seconds"],
@@ -266,24 +285,29 @@ def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: st
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Time every key of `space` in eager PyTorch; write what profilers/ort_runner.py writes."""
     keys = space_keys(space, batch)
+    device = timing.describe_device()  # before measuring: the load average then is the device's own, not ours
     networks = calibration_networks(space, batch)
     calls, prepare = torch_calls(keys, device, threads, [(model, input_shape(space, batch)) for _, model in networks])
-    results = timing.measure(calls, warmup, runs, progress=progress, prepare=prepare)
+    names = {f"network:{i}" for i in range(len(networks))}
+    results = timing.measure({k: c for k, c in calls.items() if k not in names}, warmup, runs, progress=progress,
+                             prepare=prepare)
+    results.update(timing.measure_alone({k: calls[k] for k in calls if k in names}, warmup, runs, prepare=prepare))
     timing.write_results(results_csv, results)
-    description = torch_description(space, keys, batch, device, threads, warmup, runs, results)
+    description = torch_description(space, keys, batch, device, threads, warmup, runs, results, device_info=device)
     description["networks"] = [{"key": f"network:{i}", "ops": ops} for i, (ops, _) in enumerate(networks)]
     results_csv.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
     return description
 
 
 def torch_description(space: RoutingSpace | CellSpace, keys: list[OpKey], batch: int, device: str, threads: int | None,
-                      warmup: int, runs: int, results: dict[str, dict[str, float]]) -> dict[str, Any]:
+                      warmup: int, runs: int, results: dict[str, dict[str, float]],
+                      device_info: dict[str, Any] | None = None) -> dict[str, Any]:
     dev = torch.device(device)
     return {
         "kit": {"space": space.name, "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32",
                 "opset": None, "hwnas_version": hwnas.__version__},
         "space_definition": space.model_dump(mode="json"), "calibration_key": CALIBRATION_KEY,
-        "device": {**timing.describe_device(),
+        "device": {**(device_info or timing.describe_device()),
                    **({"gpu_model": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
         "runtime": "torch", "runtime_version": torch.__version__, "provider": dev.type,
         "threads": threads or torch.get_num_threads(), "warmup": warmup, "runs": runs,

@@ -45,6 +45,8 @@ def summarize(run_dir: Path, load_before: float | None) -> dict:
         "measured_vs_budget_pct": report["measured_vs_budget_pct"], "budget": report["budget"],
         "table": report["table"], "test_acc": report["test_acc"], "params": report["params"], "macs": report["macs"],
         "search_end_val_acc": search["final"]["val_acc"], "seconds": report["seconds"],
+        "budget_fit": [{k: r[k] for k in ("predicted_ms", "measured_ms", "table_scale", "budget")}
+                       for r in report.get("budget_fit", [])],
         "arch_text": report["arch_text"], "load_average_1min_before": load_before, "run_dir": str(run_dir),
         "epochs": [{k: number(row[k]) if k != "epoch" else int(row[k])
                     for k in ("epoch", "train_acc", "val_acc", "arch_ce", "arch_latency_term", "expected_latency_ms",

@@ -73,6 +73,7 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, A
 
 
 FIT_ROUNDS = 3
+FIT_AGREEMENT = 0.02
 
 
 def measure_network(space, arch, table) -> float:
@@ -122,7 +123,8 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
         rounds.append({"arch": arch.to_dict(), "predicted_ms": predicted, "measured_ms": measured,
                        "table_scale": scale, "budget": verdict})
         log.info("derived network: %.3f ms predicted, %.3f ms measured here (%s)", predicted, measured, verdict)
-        if verdict == "met" or attempt == FIT_ROUNDS - 1:
+        # stop when met, or when the table already predicts this network (re-deriving would not move)
+        if verdict == "met" or attempt == FIT_ROUNDS - 1 or abs(measured / predicted - 1) < FIT_AGREEMENT:
             break
         if model is None:
             model = method.build_supernet()
@@ -133,6 +135,10 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
         method.cost = RoutingCost(method.space, table)
         arch = method.derive(model)
     fit = {"arch": arch.to_dict(), "rounds": rounds}
+    if len(rounds) > 1:  # the table the network was derived with, so the report predicts with it too
+        from hwnas.latency.table import save_table
+
+        fit["table"] = str(save_table(table, run_dir / "latency_table_fit.csv"))
     write_json(decided, fit)
     return arch, fit
 
@@ -180,7 +186,8 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = 
 
     clock = time.perf_counter()
     log.info("searching with DenseNAS under %.3f ms ...", config.budget_ms)
-    searched = _stage(run_dir / "search", lambda resume: search(search_config, run_dir / "search", resume, quiet))
+    searched = _stage(run_dir / "search", lambda resume: search(search_config, run_dir / "search", resume, quiet,
+                                                                          check_table=False))
     seconds["search"] = time.perf_counter() - clock
     arch, fit = fit_to_budget(search_config, run_dir / "search", RoutedArch.from_dict(searched["arch"]),
                               config.budget_ms, run_dir)
@@ -200,7 +207,8 @@ def run(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = 
     else:
         for stale in (onnx_path, onnx_path.with_suffix(".ort"), onnx_path.with_suffix(".int8.onnx")):
             stale.unlink(missing_ok=True)  # left by a run killed while exporting
-        exported = export(None, onnx_path, weights=trained["weights"]["last"], table=table["table"],
+        exported = export(None, onnx_path, weights=trained["weights"]["last"],
+                          table=fit.get("table", table["table"]),
                           ort_format=config.export.ort, quantize=config.export.quantize,
                           dynamic_batch=config.export.dynamic_batch)
         write_json(exported_json, exported)

@@ -28,6 +28,7 @@ from hwnas.config import SearchConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
 from hwnas.genotypes import Genotype
+from hwnas.latency.check import check_before_search
 from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
 from hwnas.ops import PRIMITIVES
@@ -262,12 +263,17 @@ class SearchLoop:
         return None if state["done"] else int(state["epochs_done"])
 
 
-def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Run a search; returns the report (also written to `report.json`, the architecture to `arch.json`)."""
+def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: bool = False,
+           check_table: bool = True) -> dict[str, Any]:
+    """Run a search; returns the report (also written to `report.json`, the architecture to `arch.json`).
+    `check_table`: first time the latency table's calibration networks here, when it was profiled on a
+    host like this one (`hwnas run` has checked it already)."""
     started = time.perf_counter()
     dataset = load_dataset(config.data)
     method = get_method(config.method.name)(config, dataset.num_classes, dataset.channels)
     distributed.setup(config.device)  # before the run directory: rank 0 prepares it for all
+    table = getattr(config.method, "table", None)
+    table_check = distributed.on_main(lambda: check_before_search(table)) if table and check_table else None
     run = distributed.on_main(lambda: RunDir.prepare(out, config_to_dict(config), resume))
     loop = SearchLoop(config, method, dataset, run, quiet)
     arch = method.run(loop)
@@ -292,6 +298,7 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
         "seconds_this_session": round(time.perf_counter() - started, 2),
         "search_seconds": round(sum(row["seconds"] for row in loop.history), 2),
         "plots": [p.name for p in plots],
+        **({"table_check": table_check} if table_check else {}),
         **method.report(),
     }
     write_json(run.file("report.json"), report)

@@ -318,3 +318,70 @@ def test_killed_and_resumed_budget_search_matches_uninterrupted(tiny, tmp_path):
     assert full["method"]["mu"] == again["method"]["mu"] != 0.0
     for name, value in full["model"].items():
         assert torch.equal(value, again["model"][name]), name
+
+
+def tiny_method(tiny, tmp_path, *extra):
+    from hwnas.config import SearchConfig, load_config
+    from hwnas.latency.table import save_table
+    from hwnas.methods.densenas import DenseNas
+
+    table, _ = synthetic_table(tiny)
+    save_table(table, tmp_path / "tiny.csv")
+    config = load_config(SearchConfig, "configs/search/densenas_digits.yaml",
+                         [f"method.space={tmp_path / 'tiny.yaml'}", f"method.table={tmp_path / 'tiny.csv'}", *extra])
+    return DenseNas(config, 10, 3)
+
+
+@pytest.mark.parametrize("sharing", ["independent", "nested"])
+def test_evaluation_runs_every_op_weighted_not_the_last_sample(tiny, tmp_path, sharing):
+    """The loop evaluates the supernet after `before_evaluation`: every op of every layer, weighted by
+    softmax(alpha), whatever the last training step sampled."""
+    method = tiny_method(tiny, tmp_path, f"method.weight_sharing={sharing}")
+    model = method.build_supernet().eval()
+    with torch.no_grad():
+        for p in model.arch_parameters():
+            p.copy_(torch.randn_like(p))
+    method.on_epoch_start(model, 1, 2)
+    x = torch.randn(4, 3, 32, 32)
+    outputs = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        method._sample(model, 1)  # what a weight step leaves behind
+        method.before_evaluation(model)
+        for op, alphas in model.mixed_ops().values():
+            assert op.active == list(range(len(op.names)))
+            torch.testing.assert_close(op.weights, F.softmax(alphas.detach(), -1))
+        outputs.append(model(x))
+    torch.testing.assert_close(outputs[0], outputs[1])
+
+
+def test_budget_ms_alone_turns_the_budget_on(tiny, tmp_path):
+    from hwnas.errors import ConfigError
+
+    method = tiny_method(tiny, tmp_path, "method.budget_ms=100")
+    assert method.options.latency_loss == "budget" and method.budget is not None
+    with pytest.raises(ConfigError, match="budget_ms is set but latency_loss is 'densenas'"):
+        tiny_method(tiny, tmp_path, "method.latency_loss=densenas", "method.budget_ms=100")
+    assert tiny_method(tiny, tmp_path).options.latency_loss == "densenas"  # no budget: the release's loss
+
+
+def test_both_loss_terms_are_logged_per_epoch(tiny, tmp_path):
+    import csv
+
+    from hwnas.cli import main
+
+    table, _ = synthetic_table(tiny)
+    from hwnas.latency.table import save_table
+
+    save_table(table, tmp_path / "tiny.csv")
+    args = ["search", "densenas", "--out", str(tmp_path / "run"), "--table", str(tmp_path / "tiny.csv"), "--quiet",
+            "--set", f"method.space={tmp_path / 'tiny.yaml'}", "--set", "search.epochs=2", "--set",
+            "search.arch_start_epoch=1", "--set", "search.steps_per_epoch=2", "--set", "search.batch_size=8"]
+    assert main(args) == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert rows[0]["arch_ce"] == "" or math.isnan(float(rows[0]["arch_ce"]))  # no architecture steps in epoch 1
+    ce, term, latency = (float(rows[1][k]) for k in ("arch_ce", "arch_latency_term", "expected_latency_ms"))
+    assert ce > 0 and latency > 0
+    # the densenas loss term at the epoch's expected latencies: lambda * log(LAT) / log(tau), LAT near the last
+    options = tiny_method(tiny, tmp_path).options
+    assert term == pytest.approx(options.lambda_ * math.log(latency) / math.log(options.tau_ms), rel=0.2)

@@ -120,3 +120,56 @@ def test_ingest_refuses_results_profiled_under_load(tmp_path, monkeypatch):
         kit.ingest(results, tmp_path / "t.csv")
     assert not (tmp_path / "t.csv").exists()
     assert kit.ingest(results, tmp_path / "t.csv", allow_busy=True).meta["device"]["load_average_1min"] == 2.5
+
+
+def test_a_search_checks_a_table_of_this_host_and_warns_when_off(monkeypatch, caplog):
+    table = load_table(TABLE)
+    monkeypatch.setattr(onnxruntime, "__version__", table.meta["runtime_version"])
+    monkeypatch.setattr(check, "host_identity", lambda: {k: table.meta["device"].get(k) for k in check.IDENTITY_FIELDS})
+    fake_timing(monkeypatch, table, [0.7] * 8)
+    with caplog.at_level("WARNING", logger="hwnas"):
+        result = check.check_before_search(TABLE)
+    assert result == {"checked": True, "decision": "rescale", "ratio": pytest.approx(0.7), "spread": pytest.approx(0)}
+    assert "1.43x what they take here" in caplog.text
+    monkeypatch.setattr(check, "host_identity", lambda: {"cpu_model": "another"})
+    assert check.check_before_search(TABLE)["checked"] is False
+
+
+def test_a_derived_network_that_misses_the_budget_is_derived_again(tmp_path, monkeypatch):
+    """The network measures 1.25x its prediction here: over the budget; derived again with the table
+    rescaled by 1.25 it lands within -10% / +5% of the budget as measured."""
+    from latency_helpers import TINY_SPACE, synthetic_table
+
+    from hwnas import pipeline
+    from hwnas.config import SearchConfig, load_config
+    from hwnas.latency.cost import RoutingCost
+    from hwnas.latency.table import save_table
+    from hwnas.routed import RoutedArch
+    from hwnas.search import search
+
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    tiny = load_space(tmp_path / "tiny.yaml")
+    table, _ = synthetic_table(tiny)
+    save_table(table, tmp_path / "tiny.csv")
+    low, high = RoutingCost(tiny, table).bounds()
+    budget = low + 0.5 * (high - low)
+    config = load_config(SearchConfig, "configs/search/densenas_digits.yaml", [
+        f"method.space={tmp_path / 'tiny.yaml'}", f"method.table={tmp_path / 'tiny.csv'}", f"method.budget_ms={budget}",
+        "search.epochs=2", "search.arch_start_epoch=1", "search.steps_per_epoch=2", "search.batch_size=8"])
+    searched = search(config, tmp_path / "search", quiet=True)
+    first = RoutedArch.from_dict(searched["arch"])
+    measured = []
+
+    def slow_by_a_quarter(space, arch, table_):
+        measured.append(1.25 * RoutingCost(tiny, table).exact(arch))
+        return measured[-1]
+
+    monkeypatch.setattr(pipeline, "measure_network", slow_by_a_quarter)
+    arch, fit = pipeline.fit_to_budget(config, tmp_path / "search", first, budget, tmp_path)
+    assert fit["rounds"][0]["budget"] == "over" and fit["rounds"][0]["arch"] == first.to_dict()
+    # derived again under the table x1.25, the network now fits the budget as measured (the tiny space
+    # may have nothing within -10%, but it is never over)
+    assert len(fit["rounds"]) == 2 and fit["rounds"][1]["table_scale"] == pytest.approx(1.25)
+    assert fit["rounds"][1]["budget"] in ("met", "under") and measured[-1] <= budget
+    assert fit["rounds"][1]["predicted_ms"] == pytest.approx(measured[-1]) and arch.to_dict() == fit["arch"]
+    assert json.loads((tmp_path / "fit.json").read_text()) == fit

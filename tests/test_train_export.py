@@ -288,7 +288,8 @@ def test_run_end_to_end_on_a_tiny_budget_search(tmp_path):
     """The whole job with tiny stages: search under a budget, train, export with .ort, report, plots."""
     budget = 0.35
     args = ["run", "--out", str(tmp_path / "run"), "--json", "--quiet", "--set", f"budget_ms={budget}",
-            "--set", "search.set=[search.epochs=2,search.steps_per_epoch=1,search.batch_size=8,data.train_subset=120]",
+            "--set", "search.set=[search.epochs=2,search.arch_start_epoch=1,search.steps_per_epoch=1,search.batch_size=8,"
+            "data.train_subset=120]",
             "--set", "train.set=[train.epochs=1,train.warmup_epochs=0,train.steps_per_epoch=2,train.batch_size=16]"]
     assert main(args) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())

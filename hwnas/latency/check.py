@@ -37,8 +37,8 @@ def same_host(table: LatencyTable, runtime_version: str) -> tuple[bool, list[str
     """Whether the table was profiled on a host like this one with this runtime version; what differs."""
     recorded = table.meta.get("device") or {}
     here = host_identity()
-    differs = [f"{name}: table {recorded.get(name)!r}, here {here[name]!r}" for name in IDENTITY_FIELDS
-               if recorded.get(name) != here[name]]
+    differs = [f"{name}: table {recorded.get(name)!r}, here {here.get(name)!r}" for name in IDENTITY_FIELDS
+               if recorded.get(name) != here.get(name)]
     if table.meta.get("runtime_version") != runtime_version:
         differs.append(f"runtime version: table {table.meta.get('runtime_version')}, here {runtime_version}")
     return not differs, differs
@@ -91,3 +91,26 @@ def check_command(table_path: str, space_name: str | None = None, quiet: bool = 
     report: dict[str, Any] = {"command": "lut check", "table": table.source, "space": space.name,
                               "same_host": same, "differs": differs}
     return {**report, **check_table(table, space, quiet)}
+
+
+def check_before_search(table_path: str) -> dict[str, Any]:
+    """Before a search uses a table: on a host like the one it was profiled on, time its calibration
+    networks and warn when they disagree; a table of another device is that device's, not checked here."""
+    import onnxruntime
+
+    from hwnas.config import resolve_path
+    from hwnas.latency.table import load_table
+    from hwnas.spaces.definition import load_space, parse_space
+
+    table = load_table(resolve_path(table_path))
+    same, differs = same_host(table, onnxruntime.__version__)
+    if not same:
+        return {"checked": False, "differs": differs}
+    definition = table.meta.get("space_definition")
+    space = parse_space(definition, table.source) if definition else load_space(table.space)
+    result = check_table(table, space)
+    if result["decision"] != "holds":
+        log.warning("warning: %s predicts this machine's networks at %.2fx what they take here (%s): the search "
+                    "aims at the wrong latency; `hwnas lut check --table %s`, then profile again",
+                    table.source, 1 / result["ratio"], result["decision"], table.source)
+    return {"checked": True, **{k: result[k] for k in ("decision", "ratio", "spread")}}

@@ -177,7 +177,8 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
     overhead = float(results.loc[description["calibration_key"], DEFAULT_ESTIMATOR])
     scale, fits = network_scale(results, networks, overhead)
     meta = {
-        "space": space.name, "batch": int(kit["batch"]), "dtype": kit["dtype"],
+        "space": space.name, "space_definition": description["space_definition"], "batch": int(kit["batch"]),
+        "dtype": kit["dtype"],
         "device_name": name or description["device"].get("cpu_model", "unknown"),
         "device": description["device"],
         **{k: description[k] for k in ("runtime", "runtime_version", "provider", "threads", "warmup", "runs",
@@ -285,7 +286,7 @@ def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: st
                   progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Time every key of `space` in eager PyTorch; write what profilers/ort_runner.py writes."""
     keys = space_keys(space, batch)
-    device = timing.describe_device()  # before measuring: the load average then is the device's own, not ours
+    device_info = timing.describe_device()  # before measuring: the load average then is the device's own, not ours
     networks = calibration_networks(space, batch)
     calls, prepare = torch_calls(keys, device, threads, [(model, input_shape(space, batch)) for _, model in networks])
     names = {f"network:{i}" for i in range(len(networks))}
@@ -293,7 +294,7 @@ def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: st
                              prepare=prepare)
     results.update(timing.measure_alone({k: calls[k] for k in calls if k in names}, warmup, runs, prepare=prepare))
     timing.write_results(results_csv, results)
-    description = torch_description(space, keys, batch, device, threads, warmup, runs, results, device_info=device)
+    description = torch_description(space, keys, batch, device, threads, warmup, runs, results, device_info)
     description["networks"] = [{"key": f"network:{i}", "ops": ops} for i, (ops, _) in enumerate(networks)]
     results_csv.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
     return description

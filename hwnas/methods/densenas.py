@@ -5,6 +5,8 @@ What makes DenseNAS DenseNAS, on the shared loop:
 
 - **The routing supernet** (`hwnas/spaces/routing.py`): every routing path is evaluated in each
   forward pass, blocks weighted by the betas of their sources' outgoing connections.
+- **Candidate weights**: each candidate MBConv its own weights (the release), or `weight_sharing:
+  nested`, slices of one superkernel per layer, which a CPU search trains in minutes.
 - **Sampling** (ProxylessNAS style). Weight steps run one op per mixed op: uniformly before the
   architecture updates start, then drawn from softmax(alpha). Architecture steps draw two distinct
   ops per mixed op and weigh them by the softmax over those two alphas. After each Adam step the two
@@ -22,6 +24,8 @@ What makes DenseNAS DenseNAS, on the shared loop:
   architecture whose table latency lies in [(1 - budget_slack) * B, B] (else the most probable under
   B), so the derived network never exceeds the budget by the table and does not leave most of it
   unused when the search has not converged to it.
+
+- **Evaluation** after each epoch, as the release evaluates: every op weighted by softmax(alpha).
 
 The release alternates whole epochs of weight and architecture updates (`search.alternate: epoch`).
 """

@@ -1,8 +1,8 @@
 """Does a latency table describe this machine, now? Checked before a search uses it on this machine.
 
 A table names the host it was profiled on (profilers/measure.py `host_identity`: CPU model,
-instruction-set flags, cores, cache, memory; and the runtime version); a table from another host is not used here. A table from this
-host can still be off: another VM of the same model, a different power state, a noisy neighbour at
+instruction-set flags, cores, cache, memory; and the runtime version); a table from another host is
+not used here. A table from this host can still be off: another VM of the same model, a different power state, a noisy neighbour at
 profiling time. So the table's own calibration networks (a few random networks of its space, rebuilt
 from their fixed seed) are timed here with the table's protocol, a few seconds, and compared with
 what the table predicts for them:
@@ -29,7 +29,8 @@ from profilers.measure import host_identity
 log = logging.getLogger(__name__)
 
 TOLERANCE = 0.05
-CONSISTENT_SPREAD = 0.10  # interquartile range / median of the per-network ratios within which one factor explains them
+# interquartile range / median of the per-network ratios within which one factor explains them
+CONSISTENT_SPREAD = 0.10
 IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cpu_count", "cache_size", "memory_gb", "machine")
 
 
@@ -52,7 +53,7 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
     from hwnas.latency.validate import network_calls
     from profilers import measure as timing
 
-    table.check_for(space.name, space_keys(space, table.batch))
+    table.check_for(space.name, space_keys(space, table.batch), runtime="onnxruntime")
     networks = calibration_networks(space, table.batch)[:CALIBRATION_NETWORKS]
     predicted = {f"network:{i}": table.predict_names(ops) for i, (ops, _) in enumerate(networks)}
     with tempfile.TemporaryDirectory(prefix="hwnas-check-") as tmp:
@@ -103,6 +104,8 @@ def check_before_search(table_path: str) -> dict[str, Any]:
     from hwnas.spaces.definition import load_space, parse_space
 
     table = load_table(resolve_path(table_path))
+    if table.meta.get("runtime") != "onnxruntime":
+        return {"checked": False, "differs": [f"runtime {table.meta.get('runtime')}: checked with onnxruntime only"]}
     same, differs = same_host(table, onnxruntime.__version__)
     if not same:
         return {"checked": False, "differs": differs}

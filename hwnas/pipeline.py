@@ -80,20 +80,12 @@ FIT_WINDOW = (0.07, 0.02)
 
 
 def measure_network(space, arch, table) -> float:
-    """The latency of `arch`'s final network here, timed as `hwnas export` times it (the table's runtime
-    settings, on its own); the weights do not change it, so untrained ones do."""
-    import tempfile
+    """The latency of `arch`'s final network here, timed as `hwnas export` times it; the weights do not
+    change it, so untrained ones do."""
+    from hwnas.latency.check import time_networks
+    from hwnas.latency.networks import build_network
 
-    from hwnas.latency.networks import build_network, input_shape
-    from hwnas.latency.validate import network_calls
-    from profilers import measure as timing
-
-    with tempfile.TemporaryDirectory(prefix="hwnas-fit-") as tmp:
-        calls, prepare = network_calls({"net": build_network(space, arch)}, input_shape(space, table.batch),
-                                       "onnxruntime", int(table.meta["threads"]), Path(tmp))
-        results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
-                                       runs=max(int(table.meta.get("runs", 100)), 100), prepare=prepare)
-    return float(results["net"][table.estimator])
+    return time_networks({"net": build_network(space, arch)}, space, table, 100)["net"]
 
 
 def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms: float, run_dir: Path):

@@ -45,26 +45,33 @@ def same_host(table: LatencyTable, runtime_version: str) -> tuple[bool, list[str
     return not differs, differs
 
 
-def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any]:
-    """Time the table's calibration networks here and compare them with its predictions (module doc)."""
-    from hwnas.latency.keys import space_keys
-    from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks
+def time_networks(networks: dict[str, Any], space, table: LatencyTable, min_runs: int) -> dict[str, float]:
+    """Each network's latency here (ms, the table's statistic) with the table's runtime settings, each timed
+    on its own as a deployed network runs, as `hwnas export` times it."""
     from hwnas.latency.networks import input_shape
     from hwnas.latency.validate import network_calls
     from profilers import measure as timing
 
+    with tempfile.TemporaryDirectory(prefix="hwnas-time-") as tmp:
+        calls, prepare = network_calls(networks, input_shape(space, table.batch), "onnxruntime",
+                                       int(table.meta["threads"]), Path(tmp))
+        results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
+                                       runs=max(int(table.meta.get("runs", 50)), min_runs), prepare=prepare)
+    return {name: float(stats[table.estimator]) for name, stats in results.items()}
+
+
+def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any]:
+    """Time the table's calibration networks here and compare them with its predictions (module doc)."""
+    from hwnas.latency.keys import space_keys
+    from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks
+
     table.check_for(space.name, space_keys(space, table.batch), runtime="onnxruntime")
     networks = calibration_networks(space, table.batch)[:CALIBRATION_NETWORKS]
     predicted = {f"network:{i}": table.predict_names(ops) for i, (ops, _) in enumerate(networks)}
-    with tempfile.TemporaryDirectory(prefix="hwnas-check-") as tmp:
-        calls, prepare = network_calls({name: model for name, (_, model) in zip(predicted, networks)},
-                                       input_shape(space, table.batch), "onnxruntime", int(table.meta["threads"]),
-                                       Path(tmp))
-        if not quiet:
-            log.info("timing the table's %d calibration networks here ...", len(calls))
-        results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
-                                       runs=max(int(table.meta.get("runs", 50)), 50), prepare=prepare)
-    ratios = np.array([results[name][table.estimator] / predicted[name] for name in predicted])
+    if not quiet:
+        log.info("timing the table's %d calibration networks here ...", len(networks))
+    measured = time_networks({name: model for name, (_, model) in zip(predicted, networks)}, space, table, 50)
+    ratios = np.array([measured[name] / predicted[name] for name in predicted])
     ratio = float(np.median(ratios))
     spread = float((np.percentile(ratios, 75) - np.percentile(ratios, 25)) / ratio)
     if abs(ratio - 1) <= TOLERANCE:
@@ -75,7 +82,7 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
         decision = "reprofile"
     return {"decision": decision, "ratio": ratio, "spread": spread, "tolerance": TOLERANCE,
             "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-            "networks": [{"key": name, "predicted_ms": predicted[name], "measured_ms": results[name][table.estimator]}
+            "networks": [{"key": name, "predicted_ms": predicted[name], "measured_ms": measured[name]}
                          for name in predicted]}
 
 

@@ -247,14 +247,22 @@ def _derived(definition: dict, source: str) -> RoutingSpace:
     derivation = spec.derive
     if space_path(derivation.from_) == resolve_path(source):
         raise ConfigError(f"{source}: a space cannot derive from itself")
-    base = load_space(derivation.from_)
-    if not isinstance(base, RoutingSpace):
-        raise ConfigError(f"{source}: only routing spaces can be derived; {base.name} is a {base.kind} space")
     try:
-        return derive_space(base, spec.name, **derivation.model_dump(exclude={"from_"}))
+        return derive_from(derivation.from_, spec.name, **derivation.model_dump(exclude={"from_"}))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def derive_from(base: str | Path, name: str, **scaling) -> RoutingSpace:
+    """`derive_space` from a space name or file, its errors as one-line ConfigErrors."""
+    source = load_space(base)
+    if not isinstance(source, RoutingSpace):
+        raise ConfigError(f"only routing spaces can be derived; {source.name} is a {source.kind} space")
+    try:
+        return derive_space(source, name, **scaling)
     except (ValueError, ValidationError) as exc:
         detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise ConfigError(f"{source}: deriving from {base.name}: {detail}") from None
+        raise ConfigError(f"deriving from {source.name}: {detail}") from None
 
 
 def derive_command(base: str, out: str | Path, name: str | None = None, **scaling) -> dict:
@@ -264,15 +272,10 @@ def derive_command(base: str, out: str | Path, name: str | None = None, **scalin
         raise ConfigError(f"--out {out}: a space file ends in .yaml")
     if out.exists():
         raise ConfigError(f"{out} exists; choose another --out or remove it")
+    scaling = {k: v for k, v in scaling.items() if v is not None}
+    space = derive_from(base, name or out.stem, **scaling)
     source = load_space(base)
-    if not isinstance(source, RoutingSpace):
-        raise ConfigError(f"only routing spaces can be derived; {source.name} is a {source.kind} space")
-    try:
-        space = derive_space(source, name or out.stem, **{k: v for k, v in scaling.items() if v is not None})
-    except (ValueError, ValidationError) as exc:
-        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        raise ConfigError(f"deriving from {source.name}: {detail}") from None
-    settings = ", ".join(f"{k} {v}" for k, v in scaling.items() if v is not None)
+    settings = ", ".join(f"{k} {v}" for k, v in scaling.items())
     header = f"# Derived from {source.name}" + (f" ({settings})" if settings else "") + " by `hwnas space derive`.\n"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(header + yaml.safe_dump(space.model_dump(mode="json"), sort_keys=False, default_flow_style=None))

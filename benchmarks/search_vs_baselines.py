@@ -41,17 +41,9 @@ from hwnas.routed import RoutedArch
 from hwnas.search import search
 from hwnas.spaces.definition import load_space
 from hwnas.train import train
+from units import report, started, work
 
 FAMILIES = ("searched", "random", "hand_designed")
-
-
-def _report(folder: Path) -> dict | None:
-    path = folder / "report.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _resume(folder: Path) -> bool:
-    return (folder / "config.yaml").is_file()
 
 
 def make_plan(args: argparse.Namespace, table_path: str) -> dict:
@@ -107,7 +99,7 @@ def networks(plan: dict, runs: Path, args: argparse.Namespace) -> list[dict]:
     found = []
     for k, budget in enumerate(plan["budgets"]):
         for seed in range(args.search_seeds):
-            searched = _report(search_folder(runs, k, seed))
+            searched = report(search_folder(runs, k, seed))
             if searched:
                 found.append({"family": "searched", "k": k, "name": f"search-s{seed}", "arch": searched["arch"],
                               "train_seeds": args.train_seeds, "search_seconds": searched["search_seconds"],
@@ -126,50 +118,20 @@ def pending_units(plan: dict, runs: Path, args: argparse.Namespace):
     for k, budget in enumerate(plan["budgets"]):
         for seed in range(args.search_seeds):
             folder = search_folder(runs, k, seed)
-            if not _report(folder):
+            if not report(folder):
                 config = load_config(SearchConfig, args.search_config, [
                     f"method.table={plan['table']}", f"method.budget_ms={budget['budget_ms']}", f"seed={seed}",
                     f"device={args.device}", *args.set_search])
                 # the table was profiled on this machine; timing its networks beside a busy worker would mislead
-                yield folder, lambda c=config, f=folder: search(c, f, resume=_resume(f), quiet=True, check_table=False)
+                yield folder, lambda c=config, f=folder: search(c, f, resume=started(f), quiet=True, check_table=False)
         for net in (n for n in nets if n["k"] == k):
             for seed in range(net["train_seeds"]):
                 folder = train_folder(runs, k, net["name"], seed)
-                if not _report(folder):
+                if not report(folder):
                     config = load_config(TrainConfig, args.train_config,
                                          [f"seed={seed}", f"device={args.device}", *args.set_train])
                     arch = RoutedArch.from_dict(net["arch"])
-                    yield folder, lambda c=config, a=arch, f=folder: train(c, a, f, resume=_resume(f), quiet=True)
-
-
-def claim(folder: Path) -> bool:
-    """Whether this process may work on `folder`: another live worker's claim keeps it off."""
-    marker = folder.with_name(folder.name + ".claim")
-    try:
-        other = int(marker.read_text())
-        os.kill(other, 0)
-        return other == os.getpid()
-    except (OSError, ValueError):
-        pass  # no claim, or its worker is gone
-    marker.unlink(missing_ok=True)
-    try:
-        with open(marker, "x") as f:
-            f.write(str(os.getpid()))
-        return True
-    except FileExistsError:  # another worker claimed it just now
-        return False
-
-
-def work(plan: dict, runs: Path, args: argparse.Namespace) -> None:
-    """Searches and trainings, one unit at a time, until none is left that no other worker holds."""
-    while True:
-        unit = next(((folder, job) for folder, job in pending_units(plan, runs, args) if claim(folder)), None)
-        if unit is None:
-            return
-        folder, job = unit
-        print(f"{time.strftime('%H:%M:%S')} {folder.name} ...", flush=True)
-        job()
-        folder.with_name(folder.name + ".claim").unlink(missing_ok=True)
+                    yield folder, lambda c=config, a=arch, f=folder: train(c, a, f, resume=started(f), quiet=True)
 
 
 def measure(plan: dict, runs: Path, args: argparse.Namespace) -> None:
@@ -214,7 +176,7 @@ def assemble(plan: dict, runs: Path, args: argparse.Namespace) -> dict:
             rows, accs = [], []
             for net in (n for n in nets if n["k"] == k and n["family"] == family):
                 arch = RoutedArch.from_dict(net["arch"])
-                reports = [_report(train_folder(runs, k, net["name"], s)) for s in range(net["train_seeds"])]
+                reports = [report(train_folder(runs, k, net["name"], s)) for s in range(net["train_seeds"])]
                 test = [r["test_acc"] for r in reports if r]
                 measured = latency["rounds"].get(network_id(net))
                 rows.append({"name": net["name"], "arch": str(arch), "layers": layers(arch),
@@ -290,7 +252,7 @@ def main() -> None:
     runs = Path(args.runs)
     plan = load_plan(args, runs, str(resolve_path(args.table)))
     if args.only in (None, "work"):
-        work(plan, runs, args)
+        work(lambda: pending_units(plan, runs, args))
     if args.only in (None, "measure"):
         measure(plan, runs, args)
     result = assemble(plan, runs, args)

@@ -20,15 +20,16 @@ from __future__ import annotations
 import itertools
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from hwnas.errors import ArchitectureError
+from hwnas.errors import ArchitectureError, HwnasError
 from hwnas.genotypes import Genotype
 from hwnas.latency.cost import CellCost, RoutingCost
 from hwnas.latency.networks import sample_genotype
 from hwnas.routed import RoutedArch, RoutedBlock
-from hwnas.spaces.definition import CellSpace, RoutingSpace
+from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
 
 TOLERANCE = 0.03
 HAND_OP = "mbconv_k3_t6"
@@ -201,3 +202,39 @@ def random_genotypes(space: CellSpace, count: int, seed: int = 0, cost: CellCost
                 return found
     raise ArchitectureError(f"found only {len(found)} random genotypes of {space.name} within {low:.4f} .. "
                             f"{high:.4f} ms in {10000 * count} draws")
+
+
+def baseline_command(family: str, space_name: str, out: str | Path, table_path: str | None = None,
+                     target_ms: float | None = None, count: int = 5, seed: int = 0,
+                     tolerance: float = TOLERANCE) -> dict:
+    """`hwnas baseline random|hand`: write baseline architectures of a space (random: one JSON per
+    architecture into the folder `out`; hand: the one JSON file `out`), each with its predicted latency."""
+    from hwnas.latency.table import load_table
+    from hwnas.runs import write_json
+
+    out = Path(out)
+    if out.exists():
+        raise HwnasError(f"{out} exists; choose another --out or remove it")
+    if count < 1:
+        raise HwnasError(f"--count must be at least 1, got {count}")
+    space = load_space(space_name)
+    table = load_table(table_path) if table_path else None
+    if target_ms is not None and table is None:
+        raise HwnasError("--target-ms needs --table: the latency is the table's prediction")
+    cost = (RoutingCost if space.kind == "routing" else CellCost)(space, table) if table else None
+    if space.kind == "routing":
+        if cost is None or target_ms is None:
+            raise HwnasError(f"{space.name} is a routing space: give --table and --target-ms")
+        archs = ([hand_designed(space, cost, target_ms, tolerance)] if family == "hand"
+                 else random_routed_archs(space, cost, target_ms, count, seed, tolerance))
+    elif family == "hand":
+        raise HwnasError(f"{space.name} is a cell space; the hand-designed family is of routing spaces")
+    else:
+        archs = random_genotypes(space, count, seed, cost, target_ms, tolerance)
+    files = [out] if family == "hand" else [out / f"{family}{i}.json" for i in range(len(archs))]
+    rows = [{"file": str(path), "arch": str(arch),
+             "predicted_ms": round(cost.exact(arch), 4) if cost else None} for path, arch in zip(files, archs)]
+    for path, arch in zip(files, archs):
+        write_json(path, arch.to_dict())
+    return {"family": family, "space": space.name, "target_ms": target_ms, "tolerance": tolerance,
+            "architectures": rows}

@@ -203,6 +203,19 @@ def _space(args: argparse.Namespace) -> dict[str, Any]:
                           num_classes=args.num_classes, min_size=args.min_size)
 
 
+def _baseline(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas.baselines import baseline_command
+
+    return baseline_command(args.family, args.space, args.out, args.table, args.target_ms, args.count, args.seed,
+                            args.tolerance)
+
+
+def _show_baseline(result: dict[str, Any]) -> None:
+    for row in result["architectures"]:
+        latency = f"  {row['predicted_ms']:.4f} ms" if row["predicted_ms"] is not None else ""
+        print(f"{row['file']}{latency}  {row['arch']}")
+
+
 def _lut(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.latency import validate
 
@@ -351,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_space, show=lambda r: print(
         f"wrote {r['out']}: {r['space']}, derived from {r['base']}, {r['blocks']} blocks, widths {r['widths']}, "
         f"sizes {r['sizes']}, {r['connections']} connections"))
+
+    p = sub.add_parser("baseline", help="architectures a search should beat: random ones at a latency, or the "
+                                        "hand-designed (MobileNetV2-like) one")
+    p.add_argument("family", choices=["random", "hand"])
+    p.add_argument("--space", required=True, help="space name under configs/spaces/ or YAML")
+    p.add_argument("--table", help="latency table of the space (needed for --target-ms)")
+    p.add_argument("--target-ms", type=_milliseconds, help="predicted latency the architectures lie at")
+    p.add_argument("--tolerance", type=float, default=0.03, help="relative window around --target-ms")
+    p.add_argument("--count", type=int, default=5, help="random architectures to draw")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="random: a new folder for one JSON per architecture; hand: a JSON")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_baseline, show=_show_baseline)
 
     p = sub.add_parser("lut", help="check a latency table against whole networks, or predict one architecture")
     lsub = p.add_subparsers(dest="lut_command", required=True, parser_class=_Parser)

@@ -1,4 +1,4 @@
-"""Latency-table figures of issue 4, measured on this machine with ONNX Runtime, 1 thread, batch 1.
+"""Latency-table figures, measured on this machine with ONNX Runtime, 1 thread, batch 1.
 
 1. Profiling each space in one step (`hwnas profile`): wall-clock seconds, kit export included.
 2. Repeatability: the 224 DenseNAS space profiled twice; share of keys whose median (and 10th

@@ -1,4 +1,4 @@
-"""Profiling on a noisy device (issue 7): `hwnas profile` while other processes load the CPU.
+"""Profiling on a noisy device: `hwnas profile` while other processes load the CPU.
 
 The densenas_32 space (ONNX Runtime, 1 thread, batch 1) is profiled twice on a quiet machine, then
 under load from 1 and from 2 busy processes (each a single-threaded loop of small matrix products, as

@@ -1,7 +1,7 @@
 """Turning architecture weights into an architecture.
 
-Cell spaces: the DARTS rule (REFERENCE.md section 1). Routing spaces: Viterbi path selection
-(REFERENCE.md section 6) and its budget-constrained variant.
+Cell spaces: the DARTS rule (docs/methods.md: DARTS cell space). Routing spaces: Viterbi path selection
+(docs/methods.md: DenseNAS) and its budget-constrained variant.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Cell genotypes as data, and the zoo of published cells (REFERENCE.md section 5).
+"""Cell genotypes as data, and the zoo of published cells (docs/methods.md: Published cells).
 
 A `Genotype` lists, per cell type, two (op, input state) pairs per intermediate node; states 0 and
 1 are the cell's inputs, state 2+i is node i. `reduce=None` means the fixed reduction cell of

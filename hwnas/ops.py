@@ -1,4 +1,4 @@
-"""Candidate operations of the DARTS cell space (REFERENCE.md section 1).
+"""Candidate operations of the DARTS cell space (docs/methods.md: DARTS cell space).
 
 Every conv has `bias=False`. `affine` is False in search supernets and True in final networks.
 `OPS[name](C, stride, affine)` builds an op mapping C channels to C channels.
@@ -304,7 +304,7 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     return x / keep * mask
 
 
-# ---- Mobile ops of the DenseNAS / MobileNetV2 routing space (REFERENCE.md section 6) ----
+# ---- Mobile ops of the DenseNAS / MobileNetV2 routing space (docs/methods.md: DenseNAS) ----
 
 MBCONV_OPS: tuple[str, ...] = tuple(f"mbconv_k{k}_t{t}" for k in (3, 5, 7) for t in (3, 6))
 STACK_OPS: tuple[str, ...] = MBCONV_OPS + ("skip_connect",)

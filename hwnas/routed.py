@@ -81,7 +81,7 @@ class RoutedArch:
         return self
 
     def format(self, space: RoutingSpace) -> str:
-        """One line per block as REFERENCE.md writes DenseNAS architectures: [in, out] head [stack] stride."""
+        """One line per block as docs/methods.md writes DenseNAS architectures: [in, out] head [stack] stride."""
         w0 = space.widths[0]
         rows = [(f"[{w0},{w0}]", space.stem_op, "[]", "stride 1")]
         for prev, b in zip(self.path, self.blocks):
@@ -97,7 +97,7 @@ def _arch(space: str, *blocks: tuple[int, str, list[str]]) -> RoutedArch:
 
 
 ROUTED_ZOO: dict[str, RoutedArch] = {
-    # The released DenseNAS default (REFERENCE.md section 6): 16-24-48-72-128-160-176-384 through the 224 space.
+    # The released DenseNAS default (docs/methods.md: DenseNAS): 16-24-48-72-128-160-176-384 through the 224 space.
     "DenseNAS-C": _arch(
         "densenas_224",
         (1, "mbconv_k3_t6", []),

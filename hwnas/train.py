@@ -96,7 +96,7 @@ def build_from_weights(state: dict[str, Any], source: str) -> nn.Module:
 
 
 def arch_text(arch) -> str:
-    """A routed architecture block by block (REFERENCE.md's format), a genotype as it prints."""
+    """A routed architecture block by block (the DenseNAS release's format), a genotype as it prints."""
     from hwnas.routed import RoutedArch
     from hwnas.spaces.definition import load_space
 

@@ -1,4 +1,4 @@
-"""Every file or value a user hands hwnas, broken in each way the resilience issue lists, through the CLI.
+"""Every file or value a user hands hwnas, broken in each way a user has broken it, through the CLI.
 
 Each case must end with exit code 2 and one line on stderr (`hwnas: error: ...`) that names the problem
 (the fragment checked here) and says what to do, with no traceback, and must leave every file that was
@@ -208,6 +208,6 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, build, fragment,
     assert not Path("PWNED").exists()
 
 
-def test_the_catalogue_covers_every_kind_of_input_the_issue_lists():
+def test_the_catalogue_covers_every_kind_of_input():
     kinds = {case.split("-")[0] for case, _, _ in CASES}
     assert kinds == {"config", "dataset", "table", "arch", "checkpoint", "budget"} and len(CASES) >= 20

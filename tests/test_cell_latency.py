@@ -1,4 +1,4 @@
-"""Latency-aware cell methods: the final network's latency as a loss and a budget (issue 5)."""
+"""Latency-aware cell methods: the final network's latency as a loss and a budget."""
 
 import itertools
 import math

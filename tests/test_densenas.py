@@ -1,4 +1,4 @@
-"""DenseNAS: the routing supernet, the chained latency cost, Viterbi and the budget (issue 5)."""
+"""DenseNAS: the routing supernet, the chained latency cost, Viterbi and the budget."""
 
 import itertools
 import math

@@ -116,7 +116,7 @@ def test_supernet_draws_one_sample_per_cell_type_and_runs_one_op_per_edge(monkey
 
 def test_gdas_supernet_is_the_darts_search_network():
     model = GdasSupernet()  # C16, 8 cells: same weights as DARTS, only sampled differently
-    assert count_parameters(model) == 1_930_618  # REFERENCE.md section 1, exact
+    assert count_parameters(model) == 1_930_618  # docs/methods.md: DARTS cell space, exact
     assert sum(p.numel() for p in model.arch_parameters()) == 2 * 14 * 8
 
 
@@ -165,7 +165,7 @@ def test_gdas_derives_with_the_darts_rule():
         model.alphas["reduce"].copy_(alphas_choosing(ZOO["GDAS_V1"].reduce))
     genotype = method.derive(model)
     assert genotype == ZOO["GDAS_V1"]
-    assert count_parameters(NetworkCIFAR(genotype)) == 3_368_782  # REFERENCE.md section 5
+    assert count_parameters(NetworkCIFAR(genotype)) == 3_368_782  # docs/methods.md: Published cells
 
 
 def test_frc_supernet_searches_only_the_normal_cell():
@@ -184,7 +184,7 @@ def test_frc_supernet_searches_only_the_normal_cell():
     assert genotype == ZOO["GDAS_F1"]
     net = NetworkCIFAR(genotype)
     assert isinstance(net.cells[6], FixedReductionCell) and isinstance(net.cells[13], FixedReductionCell)
-    assert count_parameters(net) == 2_543_014  # REFERENCE.md section 5
+    assert count_parameters(net) == 2_543_014  # docs/methods.md: Published cells
 
 
 def test_frc_needs_init_channels_divisible_by_4():

@@ -1,4 +1,4 @@
-"""Latency keys, tables, statistics, kits and runners (issue 4)."""
+"""Latency keys, tables, statistics, kits and runners."""
 
 import json
 import math

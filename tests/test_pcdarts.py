@@ -1,5 +1,5 @@
 """PC-DARTS against known values: supernet size, channel shuffle, reduction bypass, edge
-normalisation, derivation with betas, a tiny search, kill and resume (REFERENCE.md section 2)."""
+normalisation, derivation with betas, a tiny search, kill and resume (docs/methods.md: PC-DARTS)."""
 
 import json
 import math

@@ -15,7 +15,7 @@ from hwnas.spaces.definition import load_space
 def test_densenas_c_has_the_published_size():
     space = load_space("densenas_224")
     model = RoutedNetwork(space, ROUTED_ZOO["DenseNAS-C"])
-    # REFERENCE.md section 6: 6.13 M parameters, 360.8 M multiply-adds with a 1000-class classifier
+    # docs/methods.md: DenseNAS: 6.13 M parameters, 360.8 M multiply-adds with a 1000-class classifier
     assert count_parameters(model) == 6_134_144
     assert count_macs(model, (3, 224, 224)) == 360_808_256
 

@@ -1,4 +1,4 @@
-"""Published parameter counts (exact) and multiply-adds (within 0.5%) of REFERENCE.md section 5."""
+"""Published parameter counts (exact) and multiply-adds (within 0.5%) of docs/methods.md: Published cells."""
 
 import json
 

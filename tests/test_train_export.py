@@ -1,4 +1,4 @@
-"""Final training, verified ONNX export and `hwnas run` (issue 6)."""
+"""Final training, verified ONNX export and `hwnas run`."""
 
 import json
 

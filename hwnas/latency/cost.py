@@ -1,6 +1,6 @@
 """Latency as a loss: the chained expected latency of a routing supernet (differentiable in its betas
-and alphas) and the exact latency of a routed architecture, from one latency table (REFERENCE.md
-section 6).
+and alphas) and the exact latency of a routed architecture, from one latency table (docs/methods.md:
+DenseNAS).
 
     layer cost   = sum over ops of softmax(alpha)_op * latency(op)         (skip costs 0)
     cost'(F)     = 0                                                       (the final 1x1 block)

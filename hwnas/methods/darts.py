@@ -1,7 +1,7 @@
 """DARTS (Liu et al., 2019): softmax mixed ops, first- or second-order architecture gradients.
 
 The supernet is the plain `CellSupernet` (softmax over each edge's alphas). What is DARTS's own
-is the unrolled architecture gradient (REFERENCE.md section 1):
+is the unrolled architecture gradient (docs/methods.md: DARTS cell space):
 
 1. virtual step  w' = w - eta * (mu * buf + grad_w L_train(w, a) + wd * w)
 2. backprop L_val(w', a): d_a and v = grad_w' L_val(w', a)

@@ -1,5 +1,5 @@
 """DenseNAS (Fang et al., 2020): densely connected routing search with a latency loss
-(REFERENCE.md sections 6 and 8).
+(docs/methods.md: DenseNAS, Latency losses).
 
 What makes DenseNAS DenseNAS, on the shared loop:
 

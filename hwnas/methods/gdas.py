@@ -1,4 +1,4 @@
-"""GDAS (Dong & Yang, 2019): sample one op per edge with hard Gumbel-softmax (REFERENCE.md section 4).
+"""GDAS (Dong & Yang, 2019): sample one op per edge with hard Gumbel-softmax (docs/methods.md: GDAS).
 
 Per edge and per forward pass, from the edge's alphas:
 
@@ -15,7 +15,7 @@ asks `op_weights` once per cell type). The temperature tau falls linearly per ep
 
 Derivation: the DARTS rule (`derive_cell`) on softmax(alpha) -- per node the two incoming edges with
 the strongest non-`none` op. The GDAS release instead takes the top-2 (op, input) pairs over all
-incoming edges (two may share an input); REFERENCE.md allows the DARTS rule when documented.
+incoming edges (two may share an input); the DARTS rule is an option.
 
 `gdas-frc` searches only the normal cell: the supernet's reduction cells are the fixed reduction
 cell of the final network (`FixedReductionCell`, run without drop-path), there is no `alphas.reduce`,

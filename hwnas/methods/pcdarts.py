@@ -1,6 +1,6 @@
 """PC-DARTS (Xu et al., 2020): partial channel connections and edge normalisation.
 
-REFERENCE.md section 2. Two changes to the DARTS supernet, and nothing else:
+docs/methods.md: PC-DARTS. Two changes to the DARTS supernet, and nothing else:
 
 - **Partial channels.** Each mixed op's candidates are built for C/K channels and see only the
   first C/K channels of the input; the other channels bypass them (through MaxPool 2x2 stride 2

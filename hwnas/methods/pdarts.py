@@ -1,6 +1,6 @@
 """P-DARTS (Chen et al., 2019): progressive DARTS, deeper supernets with fewer candidates per stage.
 
-REFERENCE.md section 3. Three stages (5 -> 11 -> 17 cells by default), each a fresh supernet with
+docs/methods.md: P-DARTS. Three stages (5 -> 11 -> 17 cells by default), each a fresh supernet with
 fresh optimisers, searched with the DARTS loop (first `search.arch_start_epoch` epochs weights only).
 After a stage every edge keeps only its strongest candidates (8 -> 5 -> 3); after the last stage one
 op per edge, never `none`. Two regularisers against the skip-connect collapse:

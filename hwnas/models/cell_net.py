@@ -1,4 +1,4 @@
-"""Final networks built from a cell `Genotype` (REFERENCE.md sections 1 and 4).
+"""Final networks built from a cell `Genotype` (docs/methods.md: DARTS cell space, GDAS).
 
 `NetworkCIFAR` and `NetworkImageNet` follow the published layouts; a genotype with `reduce=None`
 builds the GDAS fixed reduction cell at each reduction.

@@ -1,4 +1,4 @@
-"""The final network of a routed architecture (REFERENCE.md section 6): stem, the routing blocks on the
+"""The final network of a routed architecture (docs/methods.md: DenseNAS): stem, the routing blocks on the
 path (head op + kept stack ops), the final 1x1 block, global pooling and the classifier."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Search-space definitions as data (`configs/spaces/*.yaml`), validated on load.
 
-A routing space (DenseNAS, REFERENCE.md section 6) is a list of routing blocks with a width, an
+A routing space (DenseNAS, docs/methods.md: DenseNAS) is a list of routing blocks with a width, an
 output feature-map size, a stage and a number of stack layers. Block 0 is the stem's output; the
 final 1x1 block comes after the last block. Which blocks may feed which follows from the numbers
 alone, so any space (224, 32, a user's own) gets its connections, latency keys and supernet.

@@ -1,4 +1,4 @@
-"""The DenseNAS routing supernet (REFERENCE.md section 6) for any routing space definition.
+"""The DenseNAS routing supernet (docs/methods.md: DenseNAS) for any routing space definition.
 
 Block 0 is the stem's output. Every later block j has one head layer per candidate input i (an MBConv
 mixed op mapping block i's width and resolution to block j's) and its stack layers (MBConv or skip

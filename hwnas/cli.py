@@ -192,7 +192,7 @@ def _show_profile(result: dict[str, Any]) -> None:
              f"{' ...' if len(unstable) > 3 else ''} (all listed in the table's .json)" if unstable else ""))
     if len(unstable) > BUSY_DEVICE_SHARE * result["keys"]:
         print(f"warning: {len(unstable) / result['keys']:.0%} of the keys were unstable: the device was busy; "
-              "profile again on a quiet machine (README: Latency tables, reliable numbers)")
+              "profile again on a quiet machine (docs/latency-tables.md: reliable numbers)")
 
 
 def _space(args: argparse.Namespace) -> dict[str, Any]:

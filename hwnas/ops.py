@@ -176,7 +176,7 @@ class DilatedDepthwiseConv(nn.Conv2d):
     """A dilated depthwise conv (no bias) that trains several times faster on CPU with the same numbers.
 
     oneDNN runs a dilated depthwise conv's forward fast but its backward 10-60x slower than an undilated
-    one's (README, "Speed and memory on the CPU"); in training it is computed from undilated convs:
+    one's (docs/performance.md); in training it is computed from undilated convs:
     - stride = dilation d: the conv reads every d-th pixel only, so it is the undilated conv of x[..., ::d, ::d];
     - stride 1, "same" padding, sizes divisible by d: `_SameDilatedDepthwise`.
     Evaluation, export and other shapes run the plain conv: ONNX graphs and latency keys are unchanged.

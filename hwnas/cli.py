@@ -203,6 +203,18 @@ def _space(args: argparse.Namespace) -> dict[str, Any]:
                           num_classes=args.num_classes, min_size=args.min_size)
 
 
+def _configs(args: argparse.Namespace) -> dict[str, Any]:
+    from hwnas import shipped_files
+
+    if args.configs_command == "list":
+        return shipped_files.list_command()
+    return shipped_files.copy_command(args.name, args.out_dir)
+
+
+def _show_configs(result: dict[str, Any]) -> None:
+    print("\n".join(result.get("files", [])) if "files" in result else "copied " + ", ".join(result["copied"]))
+
+
 def _baseline(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.baselines import baseline_command
 
@@ -364,6 +376,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_space, show=lambda r: print(
         f"wrote {r['out']}: {r['space']}, derived from {r['base']}, {r['blocks']} blocks, widths {r['widths']}, "
         f"sizes {r['sizes']}, {r['connections']} connections"))
+
+    p = sub.add_parser("configs", help="list the shipped recipes, spaces and tables, or copy one out to edit")
+    csub = p.add_subparsers(dest="configs_command", required=True, parser_class=_Parser)
+    csub.add_parser("list", help="every shipped recipe, space and latency table")
+    c = csub.add_parser("copy", help="copy one shipped file (and a table's .json) into a folder")
+    c.add_argument("name", help="a name as `hwnas configs list` prints it, e.g. configs/run/quickstart.yaml")
+    c.add_argument("out_dir", help="folder to copy into (created if missing; existing files are kept)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_configs, show=_show_configs)
 
     p = sub.add_parser("baseline", help="architectures a search should beat: random ones at a latency, or the "
                                         "hand-designed (MobileNetV2-like) one")

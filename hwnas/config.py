@@ -223,12 +223,19 @@ class RunConfig(Strict):
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+def shipped_root() -> Path:
+    """Where the shipped recipes, spaces and tables are: the checkout's top folder, or in an installed
+    wheel the package's `shipped/` folder (pyproject.toml puts `configs/` and `latency_tables/` there)."""
+    installed = Path(__file__).resolve().parent / "shipped"
+    return installed if (installed / "configs").is_dir() else PROJECT_ROOT
+
+
 def resolve_path(path: str | Path) -> Path:
-    """A path as given, else relative to the project root (so `configs/...` works from anywhere)."""
+    """A path as given, else relative to the shipped files (so `configs/...` works from anywhere)."""
     path = Path(path)
     if path.exists() or path.is_absolute():
         return path
-    candidate = PROJECT_ROOT / path
+    candidate = shipped_root() / path
     return candidate if candidate.exists() else path
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from hwnas.errors import ArchitectureError, HwnasError
 from hwnas.genotypes import Genotype
 from hwnas.latency.cost import CellCost, RoutingCost
-from hwnas.latency.networks import sample_genotype
+from hwnas.latency.networks import sample_arch
 from hwnas.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
 
@@ -195,7 +195,7 @@ def random_genotypes(space: CellSpace, count: int, seed: int = 0, cost: CellCost
         raise ArchitectureError("a target latency for random cells needs a latency table")
     rng, found = random.Random(seed), []
     for _ in range(10000 * count):
-        genotype = sample_genotype(space, rng)
+        genotype = sample_arch(space, rng)
         if genotype not in found and (cost is None or low <= cost.exact(genotype) <= high):
             found.append(genotype)
             if len(found) == count:

@@ -47,8 +47,6 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
         overrides.append(f"method.table={args.table}")
     if args.budget_ms is not None:
         overrides.append(f"method.budget_ms={args.budget_ms}")
-        if args.method == "densenas":
-            overrides.append("method.latency_loss=budget")
     config = build_config(SearchConfig, data, source, overrides)
     if config.method.name != args.method:
         raise HwnasError(f"{source} is a `{config.method.name}` config, not `{args.method}`")
@@ -58,7 +56,7 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.config import TrainConfig, build_config, read_yaml, resolve_path
     from hwnas.models import arch_from_json, load_arch
-    from hwnas.routed import RoutedArch
+    from hwnas.kinds import kind_of
     from hwnas.runs import RunDir
     from hwnas.train import train
 
@@ -72,8 +70,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         if not args.arch:
             raise HwnasError("train: give --arch NAME|arch.json (a zoo name such as DARTS_V2, or a search's arch.json)")
         arch = load_arch(args.arch)
-        path = args.config or ("configs/train/densenas_digits.yaml" if isinstance(arch, RoutedArch)
-                               else "configs/train/digits.yaml")
+        path = args.config or kind_of(arch).train_recipe
         config = build_config(TrainConfig, read_yaml(path), str(resolve_path(path)), args.set)
     return train(config, arch, args.out or _default_out("train"), resume=args.resume, quiet=args.quiet)
 

@@ -29,8 +29,7 @@ from hwnas.config import DataConfig, ModelConfig, TrainConfig, build_config, rea
 from hwnas.errors import CheckpointError, DataError, HwnasError
 from hwnas.latency.kit import OPSET, export_onnx
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters, load_arch
-from hwnas.routed import RoutedArch
-from hwnas.spaces.definition import load_space
+from hwnas.kinds import kind_of
 from hwnas.train import arch_text, build_from_weights, load_weights
 from profilers.ort_runner import open_session
 
@@ -74,9 +73,7 @@ def resolve_network(arch: str | None, weights: str | None, dataset: str | None) 
         raise HwnasError("export: give --arch and --dataset (and --weights for a trained network)")
     architecture = load_arch(arch)
     classes, channels, size = DATASET_SHAPES[dataset]
-    if isinstance(architecture, RoutedArch):
-        space = load_space(architecture.space)
-        channels, size = space.input_channels, space.input_size
+    channels, size = kind_of(architecture).input_shape(architecture) or (channels, size)
     torch.manual_seed(0)
     model_cfg = _recipe_model(dataset)
     return {"arch": architecture, "model": build_model(architecture, model_cfg, classes, channels),
@@ -155,17 +152,7 @@ def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -
     from hwnas.latency.validate import predict
 
     table = load_table(table_path)
-    if isinstance(arch, RoutedArch):
-        space = load_space(arch.space)
-    else:
-        space = load_space(table.space)
-        if not hasattr(space, "init_channels"):
-            raise HwnasError(f"{table.source} is a table of the routing space {space.name}, not of cell networks")
-        ours = (model_cfg.init_channels, model_cfg.layers, size, model_cfg.layout)
-        theirs = (space.init_channels, space.layers, space.input_size, "cifar")
-        if ours != theirs:
-            raise HwnasError(f"{table.source} describes cell networks with C={theirs[0]}, {theirs[1]} cells at "
-                             f"{theirs[2]}x{theirs[2]}, this one has C={ours[0]}, {ours[1]} cells at {ours[2]}x{ours[2]}")
+    space = kind_of(arch).table_space(arch, table, model_cfg, size)
     return {**predict(table, space, arch), "threads": int(table.meta["threads"]),
             "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hwnas.errors import ArchitectureError
 from hwnas.ops import OPS
@@ -20,6 +20,7 @@ Pairs = tuple[tuple[str, int], ...]
 
 @dataclass(frozen=True)
 class Genotype:
+    kind: ClassVar[str] = "cell"  # hwnas/kinds.py
     normal: Pairs
     normal_concat: tuple[int, ...]
     reduce: Pairs | None

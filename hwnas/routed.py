@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hwnas.errors import ArchitectureError
 from hwnas.spaces.definition import RoutingSpace
@@ -26,6 +26,7 @@ class RoutedBlock:
 
 @dataclass(frozen=True)
 class RoutedArch:
+    kind: ClassVar[str] = "routing"  # hwnas/kinds.py
     space: str
     blocks: tuple[RoutedBlock, ...]
 

@@ -27,12 +27,12 @@ from hwnas.allocator import keep_freed_memory
 from hwnas.config import SearchConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices
 from hwnas.errors import CheckpointError
-from hwnas.genotypes import Genotype
+from hwnas.kinds import kind_of
 from hwnas.latency.check import check_before_search
 from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
 from hwnas.ops import PRIMITIVES
-from hwnas.plots import draw_genotype, plot_arch_weights
+from hwnas.plots import plot_arch_weights
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
 
 log = logging.getLogger("hwnas.search")
@@ -282,8 +282,7 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
         return {"command": "search", "arch": arch_json, "run_dir": str(run.path), "rank": distributed.rank()}
     write_json(run.file("arch.json"), arch_json)
     plots = plot_arch_weights(loop.history, run.path, column_names=PRIMITIVES)
-    if isinstance(arch, Genotype):
-        plots += draw_genotype(arch, run.path)
+    plots += kind_of(arch).draw(arch, run.path)
     plots += method.plots(loop.history, run.path)
     last = loop.history[-1] if loop.history else {}
     report = {

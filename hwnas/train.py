@@ -97,10 +97,9 @@ def build_from_weights(state: dict[str, Any], source: str) -> nn.Module:
 
 def arch_text(arch) -> str:
     """A routed architecture block by block (the DenseNAS release's format), a genotype as it prints."""
-    from hwnas.routed import RoutedArch
-    from hwnas.spaces.definition import load_space
+    from hwnas.kinds import kind_of
 
-    return arch.format(load_space(arch.space)) if isinstance(arch, RoutedArch) else str(arch)
+    return kind_of(arch).text(arch)
 
 
 class Trainer:

@@ -277,7 +277,7 @@ def test_ingest_rejects_results_from_another_kit(tiny, tmp_path, capsys):
 def test_one_step_profile_and_validate_on_a_tiny_space(tiny, tmp_path):
     import random
 
-    from hwnas.latency.networks import sample_routed_arch
+    from hwnas.latency.networks import sample_arch
     from hwnas.latency.validate import predict, validate
 
     table_path = tmp_path / "tiny.csv"
@@ -285,7 +285,7 @@ def test_one_step_profile_and_validate_on_a_tiny_space(tiny, tmp_path):
                  "--warmup", "2", "--quiet"]) == 0
     report = validate(table_path, tmp_path / "tiny.yaml", samples=4, plot=tmp_path / "v.png", quiet=True)
     table = load_table(table_path)
-    archs = [sample_routed_arch(tiny, random.Random(0)) for _ in range(1)]
+    archs = [sample_arch(tiny, random.Random(0)) for _ in range(1)]
     assert report["networks"][0]["arch"] == archs[0].to_dict()
     for net in report["networks"]:
         arch = RoutedArch.from_dict(net["arch"])

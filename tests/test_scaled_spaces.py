@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-import yaml
 
 from hwnas.cli import main
 from hwnas.errors import ConfigError

@@ -234,7 +234,9 @@ def genotype_keys(space: CellSpace, genotype: Genotype, batch: int = 1) -> list[
 
 
 def space_keys(space: RoutingSpace | CellSpace, batch: int = 1) -> list[OpKey]:
-    return routing_space_keys(space, batch) if isinstance(space, RoutingSpace) else cell_space_keys(space, batch)
+    from hwnas.kinds import kind_of
+
+    return kind_of(space).space_keys(space, batch)
 
 
 def _unique(keys: list[OpKey]) -> list[OpKey]:

@@ -23,7 +23,7 @@ from hwnas.latency.keys import space_keys
 from hwnas.latency.networks import Arch, arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import LatencyTable, load_table
 from hwnas.models import load_arch
-from hwnas.routed import RoutedArch
+from hwnas.kinds import kind_of
 from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
 from profilers import measure as timing
 
@@ -126,5 +126,5 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
 def predict_command(table_path: str | Path, arch: str | Path, space_name: str | Path | None = None) -> dict[str, Any]:
     table = load_table(table_path)
     architecture = load_arch(arch)
-    space = load_space(space_name or (architecture.space if isinstance(architecture, RoutedArch) else table.space))
+    space = load_space(space_name or kind_of(architecture).space_name(architecture) or table.space)
     return {"arch": str(arch), "space": space.name, **predict(table, space, architecture)}

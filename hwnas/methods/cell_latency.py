@@ -66,11 +66,11 @@ class CellMethod(SearchMethod):
 
     def _cost(self, table_path: str) -> CellCost:
         from hwnas.latency.table import load_table
-        from hwnas.spaces.definition import CellSpace, load_space
+        from hwnas.spaces.definition import load_space
 
         table = load_table(resolve_path(table_path))
         space = load_space(table.space)
-        if not isinstance(space, CellSpace):
+        if space.kind != "cell":
             raise ConfigError(f"method.table: {table.source} is a table of the {space.kind} space {space.name}; "
                               "cell methods need a table of a cell space (e.g. darts_cifar10)")
         if space.nodes != self.config.supernet.nodes:

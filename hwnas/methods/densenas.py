@@ -49,7 +49,7 @@ from hwnas.latency.cost import BudgetMultiplier, RoutingCost
 from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
 from hwnas.routed import RoutedArch
-from hwnas.spaces.definition import RoutingSpace, load_space, space_path
+from hwnas.spaces.definition import load_space, space_path
 from hwnas.spaces.routing import RoutingSupernet
 
 
@@ -112,7 +112,7 @@ class DenseNas(SearchMethod):
     def __init__(self, config, num_classes: int, in_channels: int):
         super().__init__(config, num_classes, in_channels)
         space = load_space(self.options.space)
-        if not isinstance(space, RoutingSpace):
+        if space.kind != "routing":
             raise ConfigError(f"method.space: {space.name} is a {space.kind} space; DenseNAS searches routing spaces")
         if in_channels != space.input_channels:
             raise ConfigError(f"the data has {in_channels} channel(s) but {space.name} takes {space.input_channels}; "

@@ -66,28 +66,13 @@ def load_arch(arch: str | Path):
 
 
 def arch_from_json(data: dict[str, Any]):
-    from hwnas.genotypes import Genotype
-    from hwnas.routed import RoutedArch
+    from hwnas.kinds import arch_from_dict
 
-    return RoutedArch.from_dict(data) if "blocks" in data else Genotype.from_dict(data)
+    return arch_from_dict(data)
 
 
 def build_model(arch, model: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
     """The final network of a cell genotype (with `model`'s layout) or of a routed architecture (its space)."""
-    from hwnas.errors import ArchitectureError, DataError
-    from hwnas.models.cell_net import CellNetwork
-    from hwnas.models.routed_net import RoutedNetwork
-    from hwnas.routed import RoutedArch
-    from hwnas.spaces.definition import load_space
+    from hwnas.kinds import kind_of
 
-    if isinstance(arch, RoutedArch):
-        space = load_space(arch.space)
-        if in_channels != space.input_channels:
-            raise DataError(f"the {space.name} space takes {space.input_channels}-channel input but the data has "
-                            f"{in_channels}; set data.channels: {space.input_channels}")
-        return RoutedNetwork(space, arch, num_classes, model.dropout, model.zero_init_residual)
-    try:
-        return CellNetwork(arch, model.init_channels, num_classes, model.layers, model.auxiliary,
-                           imagenet=model.layout == "imagenet", in_channels=in_channels)
-    except ValueError as exc:
-        raise ArchitectureError(f"cannot build the cell network with C={model.init_channels}: {exc}") from None
+    return kind_of(arch).build_model(arch, model, num_classes, in_channels)

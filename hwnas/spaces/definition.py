@@ -256,7 +256,7 @@ def _derived(definition: dict, source: str) -> RoutingSpace:
 def derive_from(base: str | Path, name: str, **scaling) -> RoutingSpace:
     """`derive_space` from a space name or file, its errors as one-line ConfigErrors."""
     source = load_space(base)
-    if not isinstance(source, RoutingSpace):
+    if source.kind != "routing":
         raise ConfigError(f"only routing spaces can be derived; {source.name} is a {source.kind} space")
     try:
         return derive_space(source, name, **scaling)

@@ -273,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="hwnas", description="Hardware-aware neural architecture search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("run", help="the whole job: table, search under a budget, train, export, verify")
@@ -420,6 +421,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def unexpected_error(exc: Exception) -> tuple[str, int]:
+    """The one line (and exit code) for an exception hwnas did not turn into an error of its own: the
+    usual faults of a user's files and sizes exit 2; anything else is a bug in hwnas (exit 1)."""
+    import yaml
+
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}", 2
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8", 2
+    if isinstance(exc, yaml.YAMLError):
+        return f"not valid YAML: {exc}", 2
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "allocate" in str(exc)):
+        return ("not enough memory for this network and batch; lower the batch size, the widths or the "
+                "number of classes"), 2
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return (f"unexpected {type(exc).__name__}: {first} (a bug in hwnas: please report it with the command you "
+            "ran; `hwnas --debug ...` shows the traceback)"), 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -437,6 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hwnas: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
         return 130
+    except Exception as exc:  # the last line of defence: one line, never a traceback unless asked for
+        if args.debug:
+            raise
+        message, code = unexpected_error(exc)
+        print(f"hwnas: error: {' '.join(message.splitlines())}", file=sys.stderr)
+        return code
     if not first_rank:
         return 0
     if args.json:

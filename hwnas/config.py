@@ -214,7 +214,7 @@ class RunConfig(Strict):
     table: str = Field(description="shipped latency table: used when it was profiled on a host like this one and "
                                    "agrees with its calibration networks timed here, rescaled when off by one "
                                    "factor, otherwise the space is profiled first")
-    budget_ms: float = Field(gt=0.0, description="latency budget of the derived network")
+    budget_ms: float = Field(gt=0.0, allow_inf_nan=False, description="latency budget of the derived network")
     search: StageConfig
     train: StageConfig
     export: RunExportConfig = RunExportConfig()
@@ -280,14 +280,33 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = resolve_path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; give a config file (.yaml)")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -211,3 +211,60 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, build, fragment,
 def test_the_catalogue_covers_every_kind_of_input():
     kinds = {case.split("-")[0] for case, _, _ in CASES}
     assert kinds == {"config", "dataset", "table", "arch", "checkpoint", "budget"} and len(CASES) >= 20
+
+
+@pytest.mark.parametrize("raised, code, fragment", [
+    (ValueError("something hwnas did not expect"), 1, "a bug in hwnas"),
+    (FileNotFoundError(2, "No such file or directory", "missing.yaml"), 2, "missing.yaml: No such file"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1e15 bytes"), 2, "not enough memory"),
+    (b"\xff".decode, 2, "not UTF-8"),
+])
+def test_an_unexpected_exception_is_one_line_without_a_traceback(raised, code, fragment, capsys, monkeypatch):
+    import hwnas.cli as cli
+
+    def fail(args):
+        if callable(raised):
+            raised()
+        raise raised
+
+    monkeypatch.setattr(cli, "_info", fail)
+    assert main(["info", "--arch", "DARTS_V2"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("hwnas: error: ") and err.count("\n") == 1 and "Traceback" not in err and fragment in err, err
+    with pytest.raises(type(raised) if not callable(raised) else UnicodeDecodeError):
+        main(["--debug", "info", "--arch", "DARTS_V2"])  # --debug shows the real exception
+
+
+def _one_line_error(capsys, fragment: str) -> None:
+    err = capsys.readouterr().err
+    assert err.startswith("hwnas: error: ") and err.count("\n") == 1 and fragment in err, err
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_refused(tmp_path, capsys):
+    recipe = write(tmp_path / "recipe.yaml", Path("configs/search/darts_digits.yaml").read_text() + "seed: 3\nseed: 4\n")
+    assert main(["search", "darts", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "key 'seed' is given twice")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_or_a_non_utf8_file_as_config(tmp_path, capsys):
+    assert main(["search", "darts", "--config", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "is a folder")
+    latin = write(tmp_path / "latin.yaml", "# caf\xe9\nseed: 1\n".encode("latin-1"))
+    assert main(["search", "darts", "--config", str(latin), "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "not UTF-8")
+
+
+def test_an_infinite_budget_through_set_is_refused(tmp_path, capsys):
+    assert main(["search", "densenas", "--set", "method.budget_ms=.inf", "--out", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, "budget_ms")
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_refuses_an_existing_plot_before_measuring(tmp_path, capsys):
+    plot = write(tmp_path / "mine.png", b"not yours to overwrite")
+    assert main(["lut", "validate", "--table", str(TABLE_32), "--space", "densenas_32", "--plot", str(plot)]) == 2
+    _one_line_error(capsys, "never overwritten")
+    assert plot.read_bytes() == b"not yours to overwrite"
+    assert main(["lut", "validate", "--table", str(TABLE_32), "--space", "densenas_32", "--plot", str(TABLE_32)]) == 2
+    _one_line_error(capsys, ".png")

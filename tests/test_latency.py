@@ -254,8 +254,12 @@ def test_kit_runs_on_a_device_without_torch_and_ingests(tiny, tmp_path):
     table = load_table(tmp_path / "t.csv")
     assert set(table.rows.index) == {k.name for k in routing_space_keys(tiny)}
     assert table.meta["device_name"] == "bare" and 0 < table.overhead_ms < min(table.rows.p10_ms)
-    # a results file is never overwritten; a kit folder is not reused
+    # a results file is never overwritten; a kit folder is not reused; nor is a table's .json alone
     assert _run_isolated(["kit", "--out", "results.csv"], device).returncode == 2
+    (tmp_path / "t.csv").unlink()
+    before = (tmp_path / "t.json").read_bytes()
+    assert main(["profile", "ingest", str(device / "results.csv"), "--out", str(tmp_path / "t.csv")]) == 2
+    assert (tmp_path / "t.json").read_bytes() == before and not (tmp_path / "t.csv").exists()
     assert main(["profile", "kit", "--space", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "kit")]) == 2
 
 

@@ -188,8 +188,9 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
         "opset": kit.get("opset"),
     }
     out = Path(out).with_suffix(".csv")
-    if out.exists() and not force:
-        raise HwnasError(f"{out} exists; choose another --out or remove it")
+    for path in (out, out.with_suffix(".json")):  # a table is the pair
+        if path.exists() and not force:
+            raise HwnasError(f"{path} exists; choose another --out or remove it")
     load = description["device"].get("load_average_1min")
     if load is not None and load > MAX_LOAD and not allow_busy:
         raise LatencyError(f"{results_csv}: the device's load average was {load} when profiling started (more than "
@@ -248,8 +249,9 @@ def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "or
             quiet: bool = False, allow_busy: bool = False) -> dict[str, Any]:
     """Profile every key of `space` on this machine and write the table: the kit and runner in one step."""
     out = Path(out).with_suffix(".csv")
-    if out.exists():
-        raise HwnasError(f"{out} exists; choose another --out or remove it")
+    for path in (out, out.with_suffix(".json")):
+        if path.exists():
+            raise HwnasError(f"{path} exists; choose another --out or remove it")
     load = timing.describe_device()["load_average_1min"]
     if load is not None and load > MAX_LOAD and not allow_busy:
         raise LatencyError(f"this machine's load average is {load} (more than {MAX_LOAD}): something else is "

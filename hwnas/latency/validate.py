@@ -81,6 +81,9 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
              plot: str | Path | None = None, quiet: bool = False) -> dict[str, Any]:
     if samples < 3:
         raise HwnasError(f"--samples must be at least 3 (for rank correlations), got {samples}")
+    if plot and (Path(plot).suffix != ".png" or Path(plot).exists()):
+        raise HwnasError(f"--plot {plot}: give a new file name ending in .png (checked before measuring; "
+                         "an existing file is never overwritten)")
     table = load_table(table_path)
     space = load_space(space_name)
     table.check_for(space.name, space_keys(space, table.batch))

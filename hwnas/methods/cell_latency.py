@@ -33,7 +33,7 @@ from hwnas.spaces.cell import CELL_TYPES
 
 class CellLatencyOptions(MethodConfig):
     table: str | None = Field(None, description="latency table of a cell space: the final network's latency")
-    budget_ms: float | None = Field(None, gt=0.0, description="latency budget (ms) of the final network")
+    budget_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="latency budget (ms) of the final network")
     dual_lr: float = Field(0.05, gt=0.0, description="step of the budget multiplier's dual ascent")
     budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
                                 description="derive within [(1 - slack) * B, B] when such a genotype exists")

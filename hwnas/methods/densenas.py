@@ -60,7 +60,7 @@ class DenseNasOptions(MethodConfig):
     latency_loss: Literal["densenas", "budget", "none"] = "densenas"
     lambda_: float = Field(0.15, alias="lambda", gt=0.0, description="densenas loss weight")
     tau_ms: float = Field(15.0, gt=1.0, description="densenas loss: log(LAT) / log(tau)")
-    budget_ms: float | None = Field(None, gt=0.0, description="latency budget (ms); sets `latency_loss: budget`")
+    budget_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="latency budget (ms); sets `latency_loss: budget`")
     weight_sharing: Literal["independent", "nested"] = Field(
         "independent", description="candidate MBConvs with their own weights (the release) or nested slices of "
                                    "one superkernel, which trains in far fewer steps (hwnas/spaces/routing.py)")

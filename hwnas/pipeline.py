@@ -163,18 +163,25 @@ def _stage_config(model, stage, extra: list[str]):
 
 
 def run(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
+    search_config = _stage_config(SearchConfig, config.search, [])
+    if search_config.method.name != "densenas":
+        raise ConfigError(f"{config.search.config}: `hwnas run` searches with densenas, "
+                          f"not {search_config.method.name}")
+    run = RunDir.prepare(out, config_to_dict(config), resume)
+    with run.kept_once_started():
+        return _run_stages(config, search_config, run.path, quiet, started)
+
+
+def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, quiet: bool,
+                started: float) -> dict[str, Any]:
+    """`run` in its prepared folder: table, search, fit, training, export, report."""
     from hwnas.export import export
     from hwnas.routed import RoutedArch
     from hwnas.search import search
     from hwnas.spaces.definition import load_space
     from hwnas.train import train
 
-    started = time.perf_counter()
-    search_config = _stage_config(SearchConfig, config.search, [])
-    if search_config.method.name != "densenas":
-        raise ConfigError(f"{config.search.config}: `hwnas run` searches with densenas, "
-                          f"not {search_config.method.name}")
-    run_dir = RunDir.prepare(out, config_to_dict(config), resume).path
     space = load_space(search_config.method.space)
     table = choose_table(config.table, space, run_dir, quiet)
     search_config = _stage_config(SearchConfig, config.search, [

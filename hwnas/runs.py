@@ -11,9 +11,11 @@ import io
 import json
 import os
 import pickle
+import shutil
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import yaml
@@ -73,6 +75,21 @@ class RunDir:
 
     def __init__(self, path: Path):
         self.path = path
+        self.fresh = False      # made by this process for a new run
+        self.existed = False    # the (empty) folder was there before
+
+    @contextmanager
+    def kept_once_started(self) -> Iterator["RunDir"]:
+        """A new run that fails before its first checkpoint leaves no folder behind: there is nothing to
+        resume, and the corrected command can then use the same --out."""
+        try:
+            yield self
+        except Exception:
+            if self.fresh and not any(self.path.rglob("*.pt")):
+                shutil.rmtree(self.path, ignore_errors=True)
+                if self.existed:
+                    self.path.mkdir(parents=True, exist_ok=True)
+            raise
 
     @classmethod
     def prepare(cls, path: str | Path, config: dict[str, Any], resume: bool) -> "RunDir":
@@ -91,6 +108,7 @@ class RunDir:
             return run
         if run.path.exists() and any(run.path.iterdir()):
             raise HwnasError(f"{run.path} already holds files; pass --resume to continue that run or choose another --out")
+        run.fresh, run.existed = True, run.path.is_dir()
         try:
             run.path.mkdir(parents=True, exist_ok=True)
             atomic_write(saved, lambda f: f.write(yaml.safe_dump(config, sort_keys=False)))

@@ -275,8 +275,9 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     table = getattr(config.method, "table", None)
     table_check = distributed.on_main(lambda: check_before_search(table)) if table and check_table else None
     run = distributed.on_main(lambda: RunDir.prepare(out, config_to_dict(config), resume))
-    loop = SearchLoop(config, method, dataset, run, quiet)
-    arch = method.run(loop)
+    with run.kept_once_started():
+        loop = SearchLoop(config, method, dataset, run, quiet)
+        arch = method.run(loop)
     arch_json = arch_to_json(arch)
     if not distributed.is_main():  # every rank derived the same architecture; rank 0 writes the run
         return {"command": "search", "arch": arch_json, "run_dir": str(run.path), "rank": distributed.rank()}

@@ -245,8 +245,9 @@ def train(config: TrainConfig, arch, out: str | Path, resume: bool = False, quie
     dataset = load_dataset(config.data)  # a missing or broken dataset stops here, before the run directory exists
     distributed.setup(config.device)  # before the run directory: rank 0 prepares it for all
     run = distributed.on_main(lambda: RunDir.prepare(out, {"arch": arch.to_dict(), **config_to_dict(config)}, resume))
-    trainer = Trainer(config, arch, run, quiet, dataset)
-    trainer.fit()
+    with run.kept_once_started():
+        trainer = Trainer(config, arch, run, quiet, dataset)
+        trainer.fit()
     if not distributed.is_main():  # rank 0 tests and writes the report
         return {"command": "train", "run_dir": str(run.path), "rank": distributed.rank()}
     last, best = trainer.test("last"), trainer.test("best")

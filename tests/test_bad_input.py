@@ -268,3 +268,15 @@ def test_validate_refuses_an_existing_plot_before_measuring(tmp_path, capsys):
     assert plot.read_bytes() == b"not yours to overwrite"
     assert main(["lut", "validate", "--table", str(TABLE_32), "--space", "densenas_32", "--plot", str(TABLE_32)]) == 2
     _one_line_error(capsys, ".png")
+
+
+def test_a_run_that_fails_at_set_up_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    # batch larger than the architecture split: found when the search starts, after the folder was made
+    assert main(["search", "densenas", "--set", "search.batch_size=4096", "--out", str(out)]) == 2
+    _one_line_error(capsys, "batch size")
+    assert not out.exists()
+    out.mkdir()  # an empty folder the user made stays
+    assert main(["search", "densenas", "--set", "search.batch_size=4096", "--out", str(out)]) == 2
+    capsys.readouterr()
+    assert out.is_dir() and not any(out.iterdir())

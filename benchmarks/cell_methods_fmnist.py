@@ -61,7 +61,8 @@ def pending_units(args: argparse.Namespace, runs: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/cell_methods_fmnist.json")
-    parser.add_argument("--runs", default="runs/fmnist-benchmark", help="where the run folders go")
+    parser.add_argument("--runs", default="benchmarks/runs/cell-methods-fmnist",
+                        help="where the run folders go (their small files are committed, to continue elsewhere)")
     parser.add_argument("--search-subset", type=int, default=2000, help="training images the searches use")
     parser.add_argument("--search-seeds", type=int, default=3, help="searches per method")
     parser.add_argument("--random", type=int, default=8, help="random genotypes to train")

@@ -231,7 +231,9 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/search_vs_baselines.json")
-    parser.add_argument("--runs", default="runs/search-vs-baselines")
+    parser.add_argument("--runs", default="benchmarks/runs/search-vs-baselines",
+                        help="the units' folders; their small files (reports, configs, metrics) are committed so the "
+                             "benchmark continues in a fresh checkout, checkpoints and weights are not")
     parser.add_argument("--table", default="latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv",
                         help="the latency table of the machine the networks are measured on")
     parser.add_argument("--search-config", default="configs/search/densenas_fmnist.yaml")

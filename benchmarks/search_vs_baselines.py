@@ -10,7 +10,8 @@ At three budgets inside the latency range that all three families reach (the han
 k3 t6 everywhere, tops out below the space's largest latency), by the latency table of this machine:
 
 - searched: DenseNAS under the budget (configs/search/densenas_fmnist.yaml), one search per seed;
-- random: architectures drawn uniformly among those the table predicts within +-3% of the budget;
+- random: architectures drawn uniformly among those the table predicts within [0.95 B, B], where the
+  search derives its network (its `budget_slack`);
 - hand-designed: the MobileNetV2-like member of the space nearest the budget (hwnas/baselines.py).
 
 Every network is trained with one recipe (configs/train/densenas_fmnist.yaml) and tested on the 10000
@@ -57,10 +58,12 @@ def make_plan(args: argparse.Namespace, table_path: str) -> dict:
     space_low, space_high = cost.bounds()
     low, high = max(space_low, min(hand_ms)), min(space_high, max(hand_ms))
     budgets = []
+    # the baselines lie where the search derives its network: within [(1 - budget_slack) B, B]
+    slack = search_config.method.budget_slack
     for k, fraction in enumerate(args.fractions):
         budget = round(low + fraction * (high - low), 4)
-        hand = hand_designed(space, cost, budget)
-        randoms = random_routed_archs(space, cost, budget, args.random, seed=k)
+        hand = hand_designed(space, cost, budget, slack, under=True)
+        randoms = random_routed_archs(space, cost, budget, args.random, seed=k, tolerance=slack, under=True)
         budgets.append({"budget_ms": budget, "fraction_of_common_range": fraction,
                         "hand_designed": hand.to_dict(), "random": [a.to_dict() for a in randoms]})
     return {"space": space.name, "table": table_path, "space_range_ms": [round(space_low, 4), round(space_high, 4)],

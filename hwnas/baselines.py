@@ -118,17 +118,19 @@ def _weighted(rng: random.Random, weights: np.ndarray) -> int:
     return min(int(np.searchsorted(cumulative, rng.random(), side="right")), len(weights) - 1)
 
 
-def window(target_ms: float, tolerance: float = TOLERANCE) -> tuple[float, float]:
+def window(target_ms: float, tolerance: float = TOLERANCE, under: bool = False) -> tuple[float, float]:
+    """target +-tolerance, or with `under` [target * (1 - tolerance), target]: the window a budget
+    search derives its network in (`budget_slack`), for a comparison at the same latency."""
     if not target_ms > 0 or not 0 <= tolerance < 1:
         raise ArchitectureError(f"a target latency must be positive and the tolerance in [0, 1); got "
                                 f"{target_ms} ms +-{tolerance}")
-    return target_ms * (1 - tolerance), target_ms * (1 + tolerance)
+    return target_ms * (1 - tolerance), target_ms * (1 if under else 1 + tolerance)
 
 
 def random_routed_archs(space: RoutingSpace, cost: RoutingCost, target_ms: float, count: int, seed: int = 0,
-                        tolerance: float = TOLERANCE) -> list[RoutedArch]:
-    """`count` distinct architectures drawn uniformly among those predicted within target +-tolerance."""
-    low, high = window(target_ms, tolerance)
+                        tolerance: float = TOLERANCE, under: bool = False) -> list[RoutedArch]:
+    """`count` distinct architectures drawn uniformly among those predicted within the window."""
+    low, high = window(target_ms, tolerance, under)
     counter = RoutedArchCounter(space, cost, high * 1.01)
     available = counter.in_window(low, high)
     if available < count:
@@ -176,10 +178,10 @@ def layers(arch: RoutedArch) -> int:
 
 
 def hand_designed(space: RoutingSpace, cost: RoutingCost, target_ms: float,
-                  tolerance: float = TOLERANCE) -> RoutedArch:
-    """The family member at `target_ms`: the one with the most layers within the tolerance (the nearest
+                  tolerance: float = TOLERANCE, under: bool = False) -> RoutedArch:
+    """The family member at `target_ms`: the one with the most layers within the window (the nearest
     to the target among those), else the nearest to the target."""
-    low, high = window(target_ms, tolerance)
+    low, high = window(target_ms, tolerance, under)
     priced = [(cost.exact(arch), arch) for arch in hand_designed_family(space)]
     inside = [(ms, arch) for ms, arch in priced if low <= ms <= high]
     if inside:
@@ -206,7 +208,7 @@ def random_genotypes(space: CellSpace, count: int, seed: int = 0, cost: CellCost
 
 def baseline_command(family: str, space_name: str, out: str | Path, table_path: str | None = None,
                      target_ms: float | None = None, count: int = 5, seed: int = 0,
-                     tolerance: float = TOLERANCE) -> dict:
+                     tolerance: float = TOLERANCE, under: bool = False) -> dict:
     """`hwnas baseline random|hand`: write baseline architectures of a space (random: one JSON per
     architecture into the folder `out`; hand: the one JSON file `out`), each with its predicted latency."""
     from hwnas.latency.table import load_table
@@ -225,8 +227,8 @@ def baseline_command(family: str, space_name: str, out: str | Path, table_path: 
     if space.kind == "routing":
         if cost is None or target_ms is None:
             raise HwnasError(f"{space.name} is a routing space: give --table and --target-ms")
-        archs = ([hand_designed(space, cost, target_ms, tolerance)] if family == "hand"
-                 else random_routed_archs(space, cost, target_ms, count, seed, tolerance))
+        archs = ([hand_designed(space, cost, target_ms, tolerance, under)] if family == "hand"
+                 else random_routed_archs(space, cost, target_ms, count, seed, tolerance, under))
     elif family == "hand":
         raise HwnasError(f"{space.name} is a cell space; the hand-designed family is of routing spaces")
     else:
@@ -236,5 +238,5 @@ def baseline_command(family: str, space_name: str, out: str | Path, table_path: 
              "predicted_ms": round(cost.exact(arch), 4) if cost else None} for path, arch in zip(files, archs)]
     for path, arch in zip(files, archs):
         write_json(path, arch.to_dict())
-    return {"family": family, "space": space.name, "target_ms": target_ms, "tolerance": tolerance,
+    return {"family": family, "space": space.name, "target_ms": target_ms, "tolerance": tolerance, "under": under,
             "architectures": rows}

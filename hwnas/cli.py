@@ -216,7 +216,7 @@ def _baseline(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.baselines import baseline_command
 
     return baseline_command(args.family, args.space, args.out, args.table, args.target_ms, args.count, args.seed,
-                            args.tolerance)
+                            args.tolerance, args.under)
 
 
 def _show_baseline(result: dict[str, Any]) -> None:
@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table", help="latency table of the space (needed for --target-ms)")
     p.add_argument("--target-ms", type=_milliseconds, help="predicted latency the architectures lie at")
     p.add_argument("--tolerance", type=float, default=0.03, help="relative window around --target-ms")
+    p.add_argument("--under", action="store_true", help="window [target * (1 - tolerance), target], where a budget "
+                                                        "search derives its network (its budget_slack)")
     p.add_argument("--count", type=int, default=5, help="random architectures to draw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="random: a new folder for one JSON per architecture; hand: a JSON")

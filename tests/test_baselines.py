@@ -88,6 +88,14 @@ def test_random_archs_lie_in_their_window_and_spread_over_the_space(fraction):
     assert random_routed_archs(space, cost, target, 12, seed=1) == archs  # the seed fixes them
 
 
+def test_under_draws_where_a_budget_search_derives():
+    space = load_space("densenas_32_small")
+    cost = RoutingCost(space, load_table(SMALL_TABLE))
+    archs = random_routed_archs(space, cost, 0.6, 8, seed=2, tolerance=0.05, under=True)
+    assert all(0.57 <= cost.exact(a) <= 0.6 for a in archs)
+    assert 0.57 <= cost.exact(hand_designed(space, cost, 0.6, 0.05, under=True)) <= 0.6
+
+
 def test_no_architecture_in_the_window_is_an_error(tiny, tiny_cost):
     low, _ = tiny_cost.bounds()
     with pytest.raises(ArchitectureError, match="no architecture|fewer than"):

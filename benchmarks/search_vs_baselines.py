@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from hwnas.baselines import hand_designed, layers, random_routed_archs
+from hwnas.baselines import hand_designed, hand_designed_family, layers, random_routed_archs
 from hwnas.config import SearchConfig, TrainConfig, load_config, resolve_path
 from hwnas.latency.check import time_networks
 from hwnas.latency.cost import RoutingCost
@@ -52,8 +52,6 @@ def make_plan(args: argparse.Namespace, table_path: str) -> dict:
     search_config = load_config(SearchConfig, args.search_config, [f"method.table={table_path}"])
     space = load_space(search_config.method.space)
     cost = RoutingCost(space, load_table(table_path))
-    from hwnas.baselines import hand_designed_family
-
     hand_ms = [cost.exact(arch) for arch in hand_designed_family(space)]
     space_low, space_high = cost.bounds()
     low, high = max(space_low, min(hand_ms)), min(space_high, max(hand_ms))

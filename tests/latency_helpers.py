@@ -20,6 +20,15 @@ final_width: 32
 """
 
 
+def load_tiny_space(folder):
+    """TINY_SPACE written to `folder` and loaded, as a user's own space file is."""
+    from hwnas.spaces.definition import load_space
+
+    path = folder / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return load_space(path)
+
+
 def synthetic_table(space, overhead=0.5, **meta):
     keys = routing_space_keys(space)
     latency = {k.name: float(i + 1) for i, k in enumerate(keys)}

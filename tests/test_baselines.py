@@ -15,16 +15,14 @@ from hwnas.latency.table import load_table
 from hwnas.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import load_space
 
-from latency_helpers import TINY_SPACE, synthetic_table
+from latency_helpers import load_tiny_space, synthetic_table
 
 SMALL_TABLE = "latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv"
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY_SPACE)
-    return load_space(path)
+    return load_tiny_space(tmp_path)
 
 
 @pytest.fixture

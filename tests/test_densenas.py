@@ -13,17 +13,15 @@ from hwnas.latency.cost import RoutingCost
 from hwnas.latency.keys import routed_arch_keys
 from hwnas.methods.densenas import rescale_sampled, sample_ops
 from hwnas.routed import RoutedArch, RoutedBlock
-from hwnas.spaces.definition import load_space, parse_space
+from hwnas.spaces.definition import parse_space
 from hwnas.spaces.routing import RoutingSupernet
 
-from latency_helpers import TINY_SPACE, synthetic_table
+from latency_helpers import load_tiny_space, synthetic_table
 
 
 @pytest.fixture
 def tiny(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(TINY_SPACE)
-    return load_space(path)
+    return load_tiny_space(tmp_path)
 
 
 @pytest.fixture

@@ -310,10 +310,11 @@ def test_killed_and_resumed_budget_search_matches_uninterrupted(tiny, tmp_path):
     save_table(table, tmp_path / "tiny.csv")
     low, high = RoutingCost(tiny, table).bounds()
     overrides = [f"method.space={tmp_path / 'tiny.yaml'}", f"method.table={tmp_path / 'tiny.csv'}",
-                 "method.latency_loss=budget", f"method.budget_ms={(low + high) / 2}", "search.arch_start_epoch=1",
-                 "search.steps_per_epoch=2", "search.batch_size=8", "data.channels=3"]
+                 "method.latency_loss=budget", f"method.budget_ms={(low + high) / 2}", "method.budget_anneal_epochs=2",
+                 "search.arch_start_epoch=1", "search.steps_per_epoch=2", "search.batch_size=8", "data.channels=3"]
     full, again = kill_and_resume("densenas", tmp_path, overrides, epochs=3)
     assert full["method"]["mu"] == again["method"]["mu"] != 0.0
+    assert full["method"]["start_ms"] == again["method"]["start_ms"] is not None  # the annealed target's start
     for name, value in full["model"].items():
         assert torch.equal(value, again["model"][name]), name
 
@@ -383,3 +384,40 @@ def test_both_loss_terms_are_logged_per_epoch(tiny, tmp_path):
     # the densenas loss term at the epoch's expected latencies: lambda * log(LAT) / log(tau), LAT near the last
     options = tiny_method(tiny, tmp_path).options
     assert term == pytest.approx(options.lambda_ * math.log(latency) / math.log(options.tau_ms), rel=0.2)
+
+
+def test_the_annealed_target_falls_from_the_first_expected_latency_to_the_budget():
+    from hwnas.latency.cost import BudgetMultiplier
+
+    budget = BudgetMultiplier(budget_ms=1.0, dual_lr=0.1, anneal_epochs=4)
+    budget.begin_arch_epoch(0)
+    budget.penalty(torch.tensor(3.0))  # the first architecture step fixes the start
+    targets = []
+    for epoch in range(6):
+        budget.begin_arch_epoch(epoch)
+        targets.append(budget.target_ms)
+    assert targets == pytest.approx([2.5, 2.0, 1.5, 1.0, 1.0, 1.0])
+    budget.begin_arch_epoch(0)
+    budget.update(2.5)  # on target: the multiplier stays where it is
+    assert budget.mu == 0.0
+    budget.update(3.0)
+    assert budget.mu == pytest.approx(0.1 * (3.0 / 2.5 - 1))
+    # a supernet already within its budget aims at the budget itself
+    fast = BudgetMultiplier(budget_ms=1.0, dual_lr=0.1, anneal_epochs=4)
+    fast.penalty(torch.tensor(0.5))
+    assert fast.target_ms == 1.0
+    # without annealing: the budget from the first step
+    plain = BudgetMultiplier(budget_ms=1.0, dual_lr=0.1)
+    plain.penalty(torch.tensor(3.0))
+    assert plain.target_ms == 1.0
+
+
+def test_anneal_needs_a_budget_and_must_end_before_the_search(tiny, tmp_path):
+    from hwnas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="budget_anneal_epochs needs a budget"):
+        tiny_method(tiny, tmp_path, "method.budget_anneal_epochs=2")
+    # the digits recipe has 13 epochs, architecture steps from epoch 5 (index 4): 9 architecture epochs
+    assert tiny_method(tiny, tmp_path, "method.budget_ms=100", "method.budget_anneal_epochs=9").budget.anneal_epochs == 9
+    with pytest.raises(ConfigError, match="only 9 architecture epoch"):
+        tiny_method(tiny, tmp_path, "method.budget_ms=100", "method.budget_anneal_epochs=10")

@@ -14,9 +14,12 @@ architecture (`exact`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
+from hwnas.errors import ConfigError
 from hwnas.genotypes import Genotype
 from hwnas.latency.keys import (cell_edge_keys, cell_fixed_keys, cell_space_keys, classifier_key, final_key,
                                 genotype_keys, head_key, routed_arch_keys, routing_space_keys, stack_key, stem_keys)
@@ -166,15 +169,56 @@ class CellCost:
 
 
 class BudgetMultiplier:
-    """The Lagrange multiplier of the constraint E[LAT] = B, learnt by dual ascent: the loss adds
-    mu * (LAT / B - 1), and after each architecture step mu += dual_lr * (LAT / B - 1). It grows while
-    the supernet is slower than the budget and turns negative while it is faster."""
+    """The Lagrange multiplier of the constraint E[LAT] = target, learnt by dual ascent: the loss adds
+    mu * (LAT / target - 1), and after each architecture step mu += dual_lr * (LAT / target - 1). It grows
+    while the supernet is slower than the target and turns negative while it is faster.
 
-    def __init__(self, budget_ms: float, dual_lr: float):
-        self.budget_ms, self.dual_lr, self.mu = budget_ms, dual_lr, 0.0
+    The target is the budget B, or, with `anneal_epochs` n > 0, a target that starts at the expected
+    latency L0 of the supernet at its first architecture step and falls linearly to B over the first n
+    architecture epochs: B + (L0 - B) * max(0, 1 - (k + 1) / n) in architecture epoch k. Aimed at B from
+    the start, a supernet far slower than its budget drives mu so high that the latency term outweighs
+    the accuracy term: every choice falls to the cheapest op, and mu's own momentum then carries the
+    expected latency far below B. A falling target keeps mu near the value that holds the latency
+    where the target is, so the accuracy term keeps its say."""
+
+    def __init__(self, budget_ms: float, dual_lr: float, anneal_epochs: int = 0):
+        self.budget_ms, self.dual_lr, self.anneal_epochs = budget_ms, dual_lr, anneal_epochs
+        self.mu = 0.0
+        self.start_ms: float | None = None  # the expected latency at the first architecture step
+        self.arch_epoch = 0
+
+    def begin_arch_epoch(self, arch_epoch: int) -> None:
+        """Architecture epoch `arch_epoch` (0 for the first one with architecture steps) starts."""
+        self.arch_epoch = arch_epoch
+
+    @property
+    def target_ms(self) -> float:
+        if not self.anneal_epochs or self.start_ms is None or self.start_ms <= self.budget_ms:
+            return self.budget_ms
+        remaining = max(0.0, 1.0 - (self.arch_epoch + 1) / self.anneal_epochs)
+        return self.budget_ms + (self.start_ms - self.budget_ms) * remaining
 
     def penalty(self, latency: torch.Tensor) -> torch.Tensor:
-        return self.mu * (latency / self.budget_ms - 1)
+        if self.start_ms is None:
+            self.start_ms = float(latency.detach())
+        return self.mu * (latency / self.target_ms - 1)
 
     def update(self, latency_ms: float) -> None:
-        self.mu += self.dual_lr * (latency_ms / self.budget_ms - 1)
+        self.mu += self.dual_lr * (latency_ms / self.target_ms - 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mu": self.mu, "start_ms": self.start_ms}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mu = float(state.get("mu", 0.0))
+        start = state.get("start_ms")
+        self.start_ms = None if start is None else float(start)
+
+
+def check_anneal(anneal_epochs: int, recipe: Any) -> None:
+    """The annealed target must reach the budget before the search ends."""
+    arch_epochs = recipe.epochs - recipe.arch_start_epoch
+    if anneal_epochs > arch_epochs:
+        raise ConfigError(f"budget_anneal_epochs is {anneal_epochs} but the search has only {arch_epochs} "
+                          f"architecture epoch(s) (search.epochs - search.arch_start_epoch): the target would "
+                          f"never reach the budget")

@@ -9,7 +9,9 @@ latency of a derived genotype. With `method.budget_ms` the architecture loss bec
 
 (the dual ascent of DenseNAS's budget mode), and the derivation picks the best-scoring genotype whose
 table latency lies in [(1 - budget_slack) B, B] (`budget_genotype`; with a loose budget it is the
-method's usual rule), so the final network never exceeds B by the table.
+method's usual rule), so the final network never exceeds B by the table. With
+`budget_anneal_epochs` the multiplier aims at a target that falls from the supernet's expected latency
+to B over those architecture epochs (`BudgetMultiplier`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from hwnas.config import MethodConfig, resolve_path
 from hwnas.derive import budget_genotype, derive_genotype
 from hwnas.errors import ConfigError, HwnasError
 from hwnas.genotypes import Genotype
-from hwnas.latency.cost import BudgetMultiplier, CellCost
+from hwnas.latency.cost import BudgetMultiplier, CellCost, check_anneal
 from hwnas.methods import SearchMethod
 from hwnas.spaces.cell import CELL_TYPES
 
@@ -37,11 +39,15 @@ class CellLatencyOptions(MethodConfig):
     dual_lr: float = Field(0.05, gt=0.0, description="step of the budget multiplier's dual ascent")
     budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
                                 description="derive within [(1 - slack) * B, B] when such a genotype exists")
+    budget_anneal_epochs: int = Field(0, ge=0, description="architecture epochs over which the multiplier's target falls "
+                                      "from the supernet's expected latency to the budget (0: the budget from the start)")
 
     @model_validator(mode="after")
     def _budget_needs_table(self) -> "CellLatencyOptions":
         if self.budget_ms is not None and self.table is None:
             raise ValueError("budget_ms needs a latency table of a cell space (method.table or --table)")
+        if self.budget_anneal_epochs and self.budget_ms is None:
+            raise ValueError("budget_anneal_epochs needs a budget (budget_ms or --budget-ms)")
         return self
 
 
@@ -62,7 +68,9 @@ class CellMethod(SearchMethod):
                     raise HwnasError(f"a budget of {self.options.budget_ms:g} ms is below the smallest latency any "
                                      f"{self.cost.space.name} network has with this table ({low:.3f} ms); the "
                                      f"feasible range is {low:.3f} to {high:.3f} ms")
-                self.budget = BudgetMultiplier(self.options.budget_ms, self.options.dual_lr)
+                self.budget = BudgetMultiplier(self.options.budget_ms, self.options.dual_lr,
+                                               self.options.budget_anneal_epochs)
+                check_anneal(self.options.budget_anneal_epochs, config.search)
 
     def _cost(self, table_path: str) -> CellCost:
         from hwnas.latency.table import load_table
@@ -121,14 +129,17 @@ class CellMethod(SearchMethod):
         with torch.no_grad():
             latency = float(self.expected_latency(model))
         self.latency_history.append(latency)
-        return {"expected_latency_ms": latency, **({"mu": self.budget.mu} if self.budget else {})}
+        if self.budget is None:
+            return {"expected_latency_ms": latency}
+        self.budget.begin_arch_epoch(epoch - self.config.search.arch_start_epoch)
+        return {"expected_latency_ms": latency, "mu": self.budget.mu, "budget_target_ms": self.budget.target_ms}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mu": self.budget.mu if self.budget else 0.0, "latency_history": list(self.latency_history)}
+        return {**(self.budget.state_dict() if self.budget else {}), "latency_history": list(self.latency_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.budget is not None:
-            self.budget.mu = float(state.get("mu", 0.0))
+            self.budget.load_state_dict(state)
         self.latency_history = [float(v) for v in state.get("latency_history", [])]
 
     def describe(self, arch: Genotype) -> dict[str, Any]:

@@ -19,7 +19,8 @@ What makes DenseNAS DenseNAS, on the shared loop:
   In `budget` mode mu is a Lagrange multiplier for LAT = B, updated by dual ascent after every
   architecture step, mu += dual_lr * (LAT / B - 1): it grows while the supernet is slower than the
   budget and falls, below zero, while it is faster, so LAT is driven to B from either side without
-  tuning a trade-off by hand.
+  tuning a trade-off by hand. With `budget_anneal_epochs` the target B of both starts at the
+  supernet's expected latency and falls to B over those architecture epochs (`BudgetMultiplier`).
 - **Derivation** (`hwnas/derive.py`): Viterbi path selection; with a budget, the most probable
   architecture whose table latency lies in [(1 - budget_slack) * B, B] (else the most probable under
   B), so the derived network never exceeds the budget by the table and does not leave most of it
@@ -45,7 +46,7 @@ from torch import nn
 from hwnas.config import MethodConfig, resolve_path
 from hwnas.derive import RoutingWeights, budget_viterbi, viterbi
 from hwnas.errors import ConfigError, HwnasError
-from hwnas.latency.cost import BudgetMultiplier, RoutingCost
+from hwnas.latency.cost import BudgetMultiplier, RoutingCost, check_anneal
 from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
 from hwnas.routed import RoutedArch
@@ -67,6 +68,8 @@ class DenseNasOptions(MethodConfig):
     dual_lr: float = Field(0.05, gt=0.0, description="budget mode: step of the multiplier's dual ascent")
     budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
                                 description="budget mode: derive within [(1 - slack) * B, B] when such a network exists")
+    budget_anneal_epochs: int = Field(0, ge=0, description="budget mode: architecture epochs over which the multiplier's "
+                                      "target falls from the supernet's expected latency to the budget (0: the budget from the start)")
 
     model_config = {**MethodConfig.model_config, "populate_by_name": True}
 
@@ -86,6 +89,8 @@ class DenseNasOptions(MethodConfig):
     def _consistent(self) -> "DenseNasOptions":
         if self.latency_loss == "budget" and self.budget_ms is None:
             raise ValueError("latency_loss: budget needs budget_ms (or --budget-ms)")
+        if self.budget_anneal_epochs and self.latency_loss != "budget":
+            raise ValueError("budget_anneal_epochs needs a budget (budget_ms or --budget-ms)")
         if self.latency_loss != "none" and self.table is None:
             raise ValueError(f"latency_loss: {self.latency_loss} needs a latency table (method.table or --table)")
         return self
@@ -125,8 +130,9 @@ class DenseNas(SearchMethod):
                 raise HwnasError(f"a budget of {self.options.budget_ms:g} ms is below the smallest latency any "
                                  f"{space.name} network has with this table ({low:.3f} ms); the feasible range is "
                                  f"{low:.3f} to {high:.3f} ms")
-        self.budget = (BudgetMultiplier(self.options.budget_ms, self.options.dual_lr)
+        self.budget = (BudgetMultiplier(self.options.budget_ms, self.options.dual_lr, self.options.budget_anneal_epochs)
                        if self.options.latency_loss == "budget" else None)
+        check_anneal(self.options.budget_anneal_epochs, config.search)
         self.arch_updates_started = False
         self._sampled: dict[str, list[int]] = {}
         self._before: dict[str, torch.Tensor] = {}
@@ -139,6 +145,8 @@ class DenseNas(SearchMethod):
     # ---- hooks ----
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
         self.arch_updates_started = epoch >= self.config.search.arch_start_epoch
+        if self.budget:
+            self.budget.begin_arch_epoch(epoch - self.config.search.arch_start_epoch)
         self._terms = {"arch_ce": [], "arch_latency_term": []}
         return {}
 
@@ -151,7 +159,7 @@ class DenseNas(SearchMethod):
                 out["expected_latency_ms"] = float(self.cost.expected(model))
             self.latency_history.append(out["expected_latency_ms"])
         if self.budget:
-            out["mu"] = self.budget.mu
+            out.update(mu=self.budget.mu, budget_target_ms=self.budget.target_ms)
         return out
 
     def before_evaluation(self, model: nn.Module) -> None:
@@ -203,11 +211,11 @@ class DenseNas(SearchMethod):
                                  out_dir / "expected_latency.png", self.options.budget_ms)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mu": self.budget.mu if self.budget else 0.0, "latency_history": list(self.latency_history)}
+        return {**(self.budget.state_dict() if self.budget else {}), "latency_history": list(self.latency_history)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.budget:
-            self.budget.mu = float(state["mu"])
+            self.budget.load_state_dict(state)
         self.latency_history = [float(v) for v in state["latency_history"]]
 
     # ---- architecture ----

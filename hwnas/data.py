@@ -111,11 +111,27 @@ class ImageFolderImages:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def read(self, index: int):
+        """The image at `index`, or a DataError naming the file when it cannot be decoded."""
+        path = self.folder.samples[index][0]
+        try:
+            return self.folder.loader(path)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated or corrupt files
+            raise DataError(f"image {path} cannot be read ({exc}); remove or replace it") from None
+
+    def check(self) -> None:
+        """A readable first image in every class: a folder of broken files fails at load, not mid-run."""
+        first: dict[int, int] = {}
+        for index, (_, label) in enumerate(self.folder.samples):
+            first.setdefault(label, index)
+        for index in first.values():
+            self.read(index)
+
     def batch(self, indices: torch.Tensor, augment: AugmentConfig | None, generator: torch.Generator) -> Batch:
         transform = self.train_transform if augment is not None and self.train_transform else self.eval_transform
         images = []
         for i in indices.tolist():
-            image = self.folder.loader(self.folder.samples[i][0])
+            image = self.read(i)
             # torchvision's random transforms draw from the global RNG: fork it, seeded per image.
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
@@ -258,7 +274,16 @@ def _imagenet(cfg: DataConfig) -> Dataset:
         test = ImageFolderImages(root / "val", size, train=False)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"ImageNet in {root} cannot be read: {exc}") from None
-    return Dataset("imagenet", train, test, len(train.folder.classes), 3, size)
+    classes, val_classes = train.folder.classes, test.folder.classes
+    if len(classes) < 2:
+        raise DataError(f"{root}/train has {len(classes)} class folder(s); a classifier needs at least two")
+    if classes != val_classes:
+        missing, extra = sorted(set(classes) - set(val_classes)), sorted(set(val_classes) - set(classes))
+        raise DataError(f"{root}/val has other classes than {root}/train (labels would be mixed up): "
+                        f"missing in val: {missing or 'none'}, not in train: {extra or 'none'}")
+    train.check()
+    test.check()
+    return Dataset("imagenet", train, test, len(classes), 3, size)
 
 
 def subset_indices(n: int, subset: int | None = None) -> torch.Tensor:

@@ -179,21 +179,9 @@ ZOO: dict[str, Genotype] = {
 
 def load_genotype(name_or_path: str | Path) -> Genotype:
     """A zoo name (`DARTS_V2`) or a path to an `arch.json` written by `hwnas search`."""
-    if str(name_or_path) in ZOO:
-        return ZOO[str(name_or_path)]
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ArchitectureError(
-            f"unknown architecture {str(name_or_path)!r}: not a zoo name ({', '.join(ZOO)}) and no such file"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArchitectureError(f"{path}: not valid JSON ({exc})") from None
-    try:
-        return Genotype.from_dict(data)
-    except ArchitectureError as exc:
-        raise ArchitectureError(f"{path}: {exc}") from None
+    from hwnas.kinds import load_arch
+
+    return load_arch(name_or_path, "cell")
 
 
 def save_genotype(genotype: Genotype, path: str | Path) -> None:

@@ -6,17 +6,10 @@ from typing import Any
 
 from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
 from hwnas.errors import HwnasError
-from hwnas.genotypes import load_genotype
+from hwnas.kinds import kind_of, load_arch
 from hwnas.methods import get_method
 from hwnas.models import count_macs, count_parameters
-from hwnas.models.cell_net import NetworkCIFAR, NetworkImageNet
-from hwnas.models.routed_net import RoutedNetwork
-from hwnas.routed import ROUTED_ZOO, is_routed_file, load_routed_arch
 from hwnas.spaces.definition import load_space
-
-# dataset -> (init channels, cells, classes, input size) of the published final networks
-FINAL_SETTINGS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
-
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value <= 0:
@@ -27,35 +20,8 @@ def arch_info(arch: str, dataset: str = "cifar10", init_channels: int | None = N
               num_classes: int | None = None) -> dict[str, Any]:
     for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
         _positive(name, value)
-    if arch in ROUTED_ZOO or is_routed_file(arch):
-        return routed_arch_info(arch, num_classes)
-    genotype = load_genotype(arch)
-    C, cells, classes, size = FINAL_SETTINGS[dataset]
-    C, cells, classes = init_channels or C, layers or cells, num_classes or classes
-    build = NetworkImageNet if dataset == "imagenet" else NetworkCIFAR
-    try:
-        model = build(genotype, C=C, num_classes=classes, layers=cells, auxiliary=True)
-    except ValueError as exc:
-        raise HwnasError(f"cannot build {arch} with C={C}: {exc}") from None
-    return {
-        "name": arch, "network": f"{build.__name__} C={C} cells={cells} classes={classes}",
-        "params": count_parameters(model), "macs": count_macs(model, (3, size, size)),
-        "input": f"3x{size}x{size}", "arch": genotype.to_dict(), "arch_text": str(genotype),
-    }
-
-
-def routed_arch_info(arch: str, num_classes: int | None = None) -> dict[str, Any]:
-    """A routed (DenseNAS) network in the space its architecture names, at that space's input size."""
-    routed = load_routed_arch(arch)
-    space = load_space(routed.space)
-    classes = num_classes or space.num_classes
-    model = RoutedNetwork(space, routed, classes)
-    size = space.input_size
-    return {
-        "name": arch, "network": f"RoutedNetwork space={space.name} classes={classes}",
-        "params": count_parameters(model), "macs": count_macs(model, (space.input_channels, size, size)),
-        "input": f"{space.input_channels}x{size}x{size}", "arch": routed.to_dict(), "arch_text": routed.format(space),
-    }
+    architecture = load_arch(arch)
+    return kind_of(architecture).info(arch, architecture, dataset, init_channels, layers, num_classes)
 
 
 def routing_supernet_info(num_classes: int | None = None, space_name: str = "densenas_32") -> dict[str, Any]:

@@ -27,6 +27,15 @@ class ArchKind:
         """Whether a JSON object is an architecture of this kind."""
         raise NotImplementedError
 
+    def zoo(self) -> dict[str, Any]:
+        """The published architectures of this kind, by name."""
+        return {}
+
+    def info(self, name: str, arch, dataset: str, init_channels: int | None, layers: int | None,
+             num_classes: int | None) -> dict[str, Any]:
+        """Size of the architecture's final network as `hwnas info --arch` reports it."""
+        raise NotImplementedError
+
     def from_dict(self, data: Any):
         raise NotImplementedError
 
@@ -80,6 +89,31 @@ class CellKind(ArchKind):
 
     def claims(self, data: dict[str, Any]) -> bool:
         return "normal" in data
+
+    def zoo(self) -> dict[str, Any]:
+        from hwnas.genotypes import ZOO
+
+        return ZOO
+
+    # dataset -> (init channels, cells, classes, input size) of the published final networks
+    FINAL_SETTINGS = {"cifar10": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
+
+    def info(self, name, arch, dataset, init_channels, layers, num_classes) -> dict[str, Any]:
+        from hwnas.models import count_macs, count_parameters
+        from hwnas.models.cell_net import NetworkCIFAR, NetworkImageNet
+
+        C, cells, classes, size = self.FINAL_SETTINGS[dataset]
+        C, cells, classes = init_channels or C, layers or cells, num_classes or classes
+        build = NetworkImageNet if dataset == "imagenet" else NetworkCIFAR
+        try:
+            model = build(arch, C=C, num_classes=classes, layers=cells, auxiliary=True)
+        except ValueError as exc:
+            raise ArchitectureError(f"cannot build {name} with C={C}: {exc}") from None
+        return {
+            "name": name, "network": f"{build.__name__} C={C} cells={cells} classes={classes}",
+            "params": count_parameters(model), "macs": count_macs(model, (3, size, size)),
+            "input": f"3x{size}x{size}", "arch": arch.to_dict(), "arch_text": str(arch),
+        }
 
     def from_dict(self, data: Any):
         from hwnas.genotypes import Genotype
@@ -158,6 +192,27 @@ class RoutingKind(ArchKind):
 
     def claims(self, data: dict[str, Any]) -> bool:
         return "blocks" in data
+
+    def zoo(self) -> dict[str, Any]:
+        from hwnas.routed import ROUTED_ZOO
+
+        return ROUTED_ZOO
+
+    def info(self, name, arch, dataset, init_channels, layers, num_classes) -> dict[str, Any]:
+        """A routed network in the space its architecture names, at that space's input size (the
+        dataset and cell settings do not apply)."""
+        from hwnas.models import count_macs, count_parameters
+        from hwnas.models.routed_net import RoutedNetwork
+
+        space = self._space(arch)
+        classes = num_classes or space.num_classes
+        model = RoutedNetwork(space, arch, classes)
+        size = space.input_size
+        return {
+            "name": name, "network": f"RoutedNetwork space={space.name} classes={classes}",
+            "params": count_parameters(model), "macs": count_macs(model, (space.input_channels, size, size)),
+            "input": f"{space.input_channels}x{size}x{size}", "arch": arch.to_dict(), "arch_text": arch.format(space),
+        }
 
     def from_dict(self, data: Any):
         from hwnas.routed import RoutedArch
@@ -245,6 +300,33 @@ def arch_from_dict(data: Any):
                 return kind.from_dict(data)
     raise ArchitectureError("not an architecture: expected a genotype (`normal`, `reduce`) or a routed "
                             "architecture (`space`, `blocks`)")
+
+
+def zoo() -> dict[str, Any]:
+    """Every kind's published architectures, by name."""
+    return {name: arch for kind in KINDS.values() for name, arch in kind.zoo().items()}
+
+
+def load_arch(name_or_path: str | Path, kind: str | None = None):
+    """The one reader of architectures: a zoo name, or a JSON file holding one (a search's `arch.json`,
+    or a report with an `arch` entry); of any kind, or only of `kind`."""
+    kinds = [KINDS[kind]] if kind else list(KINDS.values())
+    known = {name: arch for k in kinds for name, arch in k.zoo().items()}
+    if str(name_or_path) in known:
+        return known[str(name_or_path)]
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ArchitectureError(f"unknown architecture {str(name_or_path)!r}: not a zoo name "
+                                f"({', '.join(known)}) and no such file")
+    from hwnas.files import read_json
+
+    data = read_json(path, ArchitectureError, "architecture file (arch.json)")
+    if isinstance(data, dict) and isinstance(data.get("arch"), dict):
+        data = data["arch"]
+    try:
+        return kinds[0].from_dict(data) if kind else arch_from_dict(data)
+    except ArchitectureError as exc:
+        raise ArchitectureError(f"{path}: {exc}") from None
 
 
 def check_kind(space, arch) -> None:

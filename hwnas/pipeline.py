@@ -10,14 +10,14 @@ the stage it was in (finished stages are kept).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from hwnas.config import RunConfig, SearchConfig, TrainConfig, build_config, config_to_dict, read_yaml, resolve_path
-from hwnas.errors import ConfigError
+from hwnas.errors import ConfigError, HwnasError
+from hwnas.files import read_json
 from hwnas.runs import RunDir, write_json
 
 log = logging.getLogger("hwnas.run")
@@ -37,7 +37,7 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, A
 
     decided = run_dir / "table.json"
     if decided.is_file():
-        return json.loads(decided.read_text())
+        return read_json(decided, HwnasError, "run's table decision")
     table = load_table(shipped)
     here_table = run_dir / "latency_table.csv"
     choice: dict[str, Any] = {"shipped": table.source}
@@ -105,7 +105,7 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
 
     decided = run_dir / "fit.json"
     if decided.is_file():
-        fit = json.loads(decided.read_text())
+        fit = read_json(decided, HwnasError, "run's budget fit")
         return RoutedArch.from_dict(fit["arch"]), fit
     table = load_table(search_config.method.table)
     dataset = load_dataset(search_config.data)
@@ -154,7 +154,7 @@ def _stage(folder: Path, run_stage) -> dict[str, Any]:
     """A finished stage's report, or the stage run (resumed when its folder holds a started run)."""
     report = folder / "report.json"
     if report.is_file():
-        return json.loads(report.read_text())
+        return read_json(report, HwnasError, "stage report")
     return run_stage(resume=(folder / RunDir.CONFIG).is_file())
 
 
@@ -208,7 +208,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     onnx_path = run_dir / "model.onnx"
     exported_json = run_dir / "export.json"
     if exported_json.is_file():
-        exported = json.loads(exported_json.read_text())
+        exported = read_json(exported_json, HwnasError, "export record")
     else:
         for stale in (onnx_path, onnx_path.with_suffix(".ort"), onnx_path.with_suffix(".int8.onnx")):
             stale.unlink(missing_ok=True)  # left by a run killed while exporting

@@ -8,7 +8,6 @@ path feeds the final 1x1 block.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -112,24 +111,11 @@ ROUTED_ZOO: dict[str, RoutedArch] = {
 }
 
 
-def is_routed_file(path: str | Path) -> bool:
-    try:
-        return "blocks" in json.loads(Path(path).read_text())
-    except (OSError, ValueError, TypeError):
-        return False
-
-
 def load_routed_arch(name_or_path: str | Path) -> RoutedArch:
-    if str(name_or_path) in ROUTED_ZOO:
-        return ROUTED_ZOO[str(name_or_path)]
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ArchitectureError(f"{name_or_path!s}: neither a routed zoo name ({', '.join(ROUTED_ZOO)}) nor a file")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ArchitectureError(f"{path}: not valid JSON ({exc})") from None
-    return RoutedArch.from_dict(data.get("arch", data) if isinstance(data, dict) else data)
+    """A routed zoo name (`DenseNAS-C`) or a path to an `arch.json` written by a DenseNAS search."""
+    from hwnas.kinds import load_arch
+
+    return load_arch(name_or_path, "routing")
 
 
 def save_routed_arch(arch: RoutedArch, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
 import zipfile
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator
 import torch
 import yaml
 
+from hwnas.config import read_yaml
 from hwnas.errors import CheckpointError, HwnasError
 
 
@@ -62,9 +64,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({first[:160]})") from None
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():  # torch's refusal; its advice (load unsafely) is not ours to give
+            raise CheckpointError(f"{path}: refused, it holds Python objects besides tensors and plain data, and "
+                                  "loading those could run code; hwnas checkpoints never do") from None
+        raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's first line, without terminal escape codes, at most 160 characters."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    return text.splitlines()[0][:160] if text else type(exc).__name__
 
 
 class RunDir:
@@ -98,7 +110,7 @@ class RunDir:
         if resume:
             if not saved.is_file():
                 raise HwnasError(f"--resume: {run.path} holds no run to resume (no {cls.CONFIG}); drop --resume")
-            if yaml.safe_load(saved.read_text()) != config:
+            if read_yaml(saved) != config:
                 raise HwnasError(
                     f"--resume: the config differs from the one {run.path} was started with; "
                     f"resume without --config/--set, or start a new run with another --out"
@@ -121,7 +133,7 @@ class RunDir:
         saved = Path(path) / cls.CONFIG
         if not saved.is_file():
             raise HwnasError(f"--resume: {path} holds no run to resume (no {cls.CONFIG})")
-        return yaml.safe_load(saved.read_text())
+        return read_yaml(saved)
 
     def checkpoint(self, stage: str) -> Path:
         return self.path / "checkpoints" / f"{stage}.pt"

@@ -116,6 +116,33 @@ def interrupted_search(tmp: Path) -> str:
     return str(run)
 
 
+def image_folder(tmp: Path, splits: dict[str, dict[str, int]], broken: str | None = None) -> str:
+    """An ImageFolder tree ({split: {class: images}}); `broken` names an image to truncate."""
+    from PIL import Image
+
+    for split, classes in splits.items():
+        for cls, count in classes.items():
+            (tmp / "images" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 30), (i * 100, 50, 20)).save(tmp / "images" / split / cls / f"{i}.png")
+    if broken:
+        (tmp / "images" / broken).write_bytes((tmp / "images" / broken).read_bytes()[:40])
+    return str(tmp / "images")
+
+
+def image_folder_train(tmp: Path, splits: dict[str, dict[str, int]], broken: str | None = None) -> list[str]:
+    return ["train", "--arch", "DARTS_V2", "--set", "data.dataset=imagenet", "--set", "data.image_size=32",
+            "--set", f"data.root={image_folder(tmp, splits, broken)}"]
+
+
+def resumed_with_edited_config(tmp: Path) -> str:
+    """A started search whose config.yaml was then edited by hand into invalid YAML."""
+    run = interrupted_search(tmp)
+    config = Path(run) / "config.yaml"
+    config.write_text(config.read_text() + "search: [epochs\n")
+    return run
+
+
 def search_args(config: str, *extra: str) -> list[str]:
     return ["search", "darts", "--config", config, *extra]
 
@@ -138,6 +165,12 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("dataset-truncated-file", lambda t: ["train", "--arch", "DARTS_V2", "--set", "data.dataset=fashion-mnist",
                                           "--set", f"data.root={fashion_mnist(t, truncate=True)}"],
      "train-images-idx3-ubyte"),
+    ("dataset-image-folder-one-class", lambda t: image_folder_train(t, {"train": {"cat": 2}, "val": {"cat": 1}}),
+     "1 class folder"),
+    ("dataset-image-folder-other-val-classes", lambda t: image_folder_train(
+        t, {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "cow": 1}}), "missing in val: ['dog']"),
+    ("dataset-image-folder-broken-image", lambda t: image_folder_train(
+        t, {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}}, broken="train/dog/0.png"), "dog/0.png cannot be read"),
     # latency tables and kits
     ("table-missing-column", lambda t: ["lut", "predict", "--table", corrupt_table(t, lambda d: d.drop(columns=["cv"])),
                                         "--arch", routed(t, SMALL_ROUTED["blocks"])], "missing column"),
@@ -164,15 +197,21 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
                                                                   {"block": 16, "head": "mbconv_k3_t3", "stack": []}]),
                                      "--dataset", "cifar10"], "no connection from block 1 to block 16"),
     ("arch-unknown-name", lambda t: ["info", "--arch", "DARTS_V9", "--dataset", "cifar10"], "DARTS_V9"),
+    ("arch-unknown-name-lists-every-kind", lambda t: ["info", "--arch", "DARTS_V9"], "GDAS_F1, DenseNAS-C)"),
+    ("arch-folder", lambda t: ["info", "--arch", str(t)], "is a folder"),
+    ("arch-not-utf8", lambda t: ["info", "--arch", str(write(t / "a.json", '{"normal": "caf\xe9"}'.encode("latin-1")))],
+     "not UTF-8"),
     # checkpoints
     ("checkpoint-truncated", lambda t: ["export", "--weights", weights(t, mangle=lambda b: b[: len(b) // 2]),
                                         "--out", str(t / "m.onnx")], "not a loadable hwnas checkpoint"),
     ("checkpoint-another-arch", lambda t: ["export", "--weights", weights(t), "--arch", "PC_DARTS_cifar",
                                            "--out", str(t / "m.onnx")], "PC_DARTS_cifar"),
     ("checkpoint-runs-code", lambda t: ["export", "--weights", malicious_checkpoint(t), "--out", str(t / "m.onnx")],
-     "not a loadable hwnas checkpoint"),
+     "refused, it holds Python objects besides tensors and plain data"),
     ("checkpoint-truncated-on-resume", lambda t: ["search", "darts", "--out", interrupted_search(t), "--resume"],
      "not a loadable hwnas checkpoint"),
+    ("config-hand-edited-before-resume", lambda t: ["search", "darts", "--out", resumed_with_edited_config(t), "--resume"],
+     "config.yaml: not valid YAML"),
     # budgets
     ("budget-zero", lambda t: ["search", "densenas", "--budget-ms", "0"], "--budget-ms"),
     ("budget-negative", lambda t: ["search", "densenas", "--budget-ms", "-2"], "--budget-ms"),

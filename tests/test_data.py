@@ -143,3 +143,41 @@ def test_imagenet_folder(tmp_path):
     x, y = ds.train.batch(torch.arange(4), AugmentConfig(), torch.Generator().manual_seed(0))
     x2, _ = ds.train.batch(torch.arange(4), AugmentConfig(), torch.Generator().manual_seed(0))
     assert x.shape == (4, 3, 32, 32) and ds.num_classes == 2 and torch.equal(x, x2)
+
+
+def image_folder(root, splits):
+    """An ImageFolder tree: {split: {class: images}} with small PNGs."""
+    from PIL import Image
+
+    for split, classes in splits.items():
+        for cls, count in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (40, 30), (i * 100, 50, 20)).save(root / split / cls / f"{i}.png")
+
+
+@pytest.mark.parametrize("splits, message", [
+    ({"train": {"cat": 2}, "val": {"cat": 1}}, "1 class folder"),
+    ({"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "cow": 1}}, r"missing in val: \['dog'\], not in train: \['cow'\]"),
+    ({"train": {"cat": 2, "dog": 2}, "val": {"cat": 1}}, r"missing in val: \['dog'\], not in train: none"),
+])
+def test_image_folder_classes_are_checked_at_load(tmp_path, splits, message):
+    image_folder(tmp_path, splits)
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(dataset="imagenet", root=str(tmp_path), image_size=32))
+
+
+def test_unreadable_images_name_the_file(tmp_path):
+    image_folder(tmp_path, {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}})
+    # the first image of a class is read at load
+    first = tmp_path / "val" / "dog" / "0.png"
+    first.write_bytes(first.read_bytes()[:40])  # truncated
+    with pytest.raises(DataError, match=f"image {first} cannot be read"):
+        load_dataset(DataConfig(dataset="imagenet", root=str(tmp_path), image_size=32))
+    # any other one when a batch reads it
+    image_folder(tmp_path / "b", {"train": {"cat": 2, "dog": 2}, "val": {"cat": 1, "dog": 1}})
+    later = tmp_path / "b" / "train" / "dog" / "1.png"
+    later.write_bytes(b"not a png at all")
+    ds = load_dataset(DataConfig(dataset="imagenet", root=str(tmp_path / "b"), image_size=32))
+    with pytest.raises(DataError, match=f"image {later} cannot be read"):
+        ds.train.batch(torch.arange(4), None, torch.Generator())

@@ -370,3 +370,17 @@ def test_profile_warns_when_most_keys_were_unstable(capsys):
     assert "2 key(s) stayed unstable" in quiet and "warning" not in quiet
     _show_profile({"table": "t.csv", "keys": 10, "unstable_keys": keys[:8]})
     assert "warning: 80% of the keys were unstable: the device was busy" in capsys.readouterr().out
+
+
+def test_a_table_written_with_spaces_after_the_commas_reads_as_the_same_table(tmp_path):
+    import shutil
+
+    from hwnas.latency.table import load_table
+
+    source = Path("latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv")
+    spaced = tmp_path / "spaced.csv"
+    spaced.write_text("\n".join(", ".join(line.split(",")) for line in source.read_text().splitlines()) + "\n")
+    shutil.copy(source.with_suffix(".json"), spaced.with_suffix(".json"))
+    original, again = load_table(source), load_table(spaced)
+    assert len(again) == len(original) > 100
+    assert again.predict_names(list(original._latency)[:5]) == original.predict_names(list(original._latency)[:5])

@@ -30,6 +30,7 @@ from torch import nn
 
 import hwnas
 from hwnas.errors import HwnasError, LatencyError
+from hwnas.files import read_json
 from hwnas.latency.keys import OpKey, build_op, space_keys
 from hwnas.latency.networks import arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import DEFAULT_ESTIMATOR, LatencyTable, fingerprint, make_table, save_table
@@ -136,9 +137,9 @@ def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     if not description_path.is_file():
         raise LatencyError(f"{path} has no description {description_path.name} beside it; copy both files the "
                            "runner wrote")
+    description = read_json(description_path, LatencyError, "runner's description")
     try:
-        description = json.loads(description_path.read_text())
-        results = pd.read_csv(path)
+        results = pd.read_csv(path, skipinitialspace=True)
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise LatencyError(f"{path}: cannot read the runner's results ({str(exc).splitlines()[0]})") from None
     needed = ["key", *timing.RESULT_COLUMNS[1:7]]

@@ -187,19 +187,16 @@ def load_table(path: str | Path) -> LatencyTable:
     if not meta_path.is_file():
         raise LatencyError(f"{path} has no metadata file {meta_path.name} beside it; re-ingest the results "
                            "with `hwnas profile ingest`")
-    import json
+    from hwnas.files import read_json
 
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise LatencyError(f"{meta_path}: not valid JSON ({exc})") from None
+    meta = read_json(meta_path, LatencyError, "table description")
     if not isinstance(meta, dict) or meta.get("format") != TABLE_FORMAT:
         raise LatencyError(f"{meta_path}: not an hwnas latency table description (format {TABLE_FORMAT!r})")
     absent = [k for k in REQUIRED_META if k not in meta]
     if absent:
         raise LatencyError(f"{meta_path}: missing {', '.join(absent)}")
     try:
-        rows = pd.read_csv(path)
+        rows = pd.read_csv(path, skipinitialspace=True)  # `key, op, ...` reads as `key,op,...`
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LatencyError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     absent = [c for c in COLUMNS if c not in rows.columns]

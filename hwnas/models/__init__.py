@@ -52,17 +52,10 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 
 def load_arch(arch: str | Path):
-    """A routed architecture (zoo name or JSON with `blocks`) or a cell genotype (zoo name or JSON)."""
-    from hwnas.errors import ArchitectureError
-    from hwnas.genotypes import load_genotype
-    from hwnas.routed import is_routed_file, load_routed_arch
+    """A routed architecture or a cell genotype: a zoo name or an arch.json (`hwnas.kinds.load_arch`)."""
+    from hwnas.kinds import load_arch as load
 
-    try:
-        return load_routed_arch(arch)
-    except ArchitectureError:
-        if is_routed_file(arch):
-            raise
-        return load_genotype(arch)
+    return load(arch)
 
 
 def arch_from_json(data: dict[str, Any]):

@@ -23,7 +23,7 @@ from hwnas import distributed
 from hwnas.allocator import keep_freed_memory
 from hwnas.config import ModelConfig, TrainConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices, subset_indices
-from hwnas.errors import CheckpointError
+from hwnas.errors import CheckpointError, HwnasError
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
 from hwnas.search import RunningMean, cosine_lr, seed_of
@@ -75,11 +75,46 @@ def weights_file(arch_json: dict[str, Any], model_cfg: ModelConfig, num_classes:
             "epoch": epoch, "state_dict": model.state_dict()}
 
 
+# what a weights file holds besides its format, and of which type
+WEIGHTS_FIELDS = {"arch": dict, "model": dict, "num_classes": int, "in_channels": int, "image_size": int,
+                  "dataset": str, "epoch": int, "state_dict": dict}
+
+
 def load_weights(path: str | Path) -> dict[str, Any]:
+    """A weights file written by `hwnas train`, checked entry by entry: a damaged or hand-made one is
+    refused here, in one line, not half way through an export."""
+    from pydantic import ValidationError
+
+    from hwnas.config import DataConfig, format_validation_error
+
     state = load_checkpoint(Path(path))
     if not isinstance(state, dict) or state.get("format") != WEIGHTS_FORMAT:
         raise CheckpointError(f"{path}: not an hwnas weights file (written by `hwnas train` under weights/); "
                               "a training checkpoint is checkpoints/train.pt, its weights are weights/last.pt")
+
+    def damaged(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: a damaged weights file ({what}); use the file `hwnas train` wrote")
+
+    for key, kind in WEIGHTS_FIELDS.items():
+        value = state.get(key)
+        if key not in state:
+            raise damaged(f"no `{key}`")
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise damaged(f"`{key}` is a {type(value).__name__}, not a {kind.__name__}")
+    for key in ("num_classes", "in_channels", "image_size"):
+        if not 0 < state[key] <= 100_000:
+            raise damaged(f"`{key}` is {state[key]}")
+    if state["dataset"] not in DataConfig.model_fields["dataset"].annotation.__args__:
+        raise damaged(f"unknown dataset {state['dataset']!r}")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["state_dict"].items()):
+        raise damaged("`state_dict` holds something other than named tensors")
+    try:
+        arch_from_json(state["arch"])
+        ModelConfig.model_validate(state["model"])
+    except HwnasError as exc:
+        raise damaged(str(exc)) from None
+    except ValidationError as exc:
+        raise damaged(f"model: {format_validation_error(exc)}") from None
     return state
 
 

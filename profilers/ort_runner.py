@@ -33,14 +33,33 @@ class KitError(Exception):
 def read_manifest(kit_dir: str | Path) -> dict:
     path = Path(kit_dir) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise KitError(f"{path} is not UTF-8 text, so not a kit manifest") from None
     except OSError:
         raise KitError(f"{path} not found: make a kit with `hwnas profile kit --space SPACE --out {kit_dir}`") from None
     except ValueError as exc:
         raise KitError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != KIT_FORMAT or "entries" not in manifest:
         raise KitError(f"{path} is not an hwnas profiling kit manifest")
+    entries = manifest["entries"]
+    models = [*entries, manifest.get("calibration"), *manifest.get("networks", [])] if isinstance(entries, list) else None
+    if not models or not all(_is_model_entry(e) for e in models):
+        raise KitError(f"{path}: the list of models is damaged (each needs a key, a file and an input shape); "
+                       "make the kit again with `hwnas profile kit`")
+    missing = [e["file"] for e in models if not (Path(kit_dir) / e["file"]).is_file()]
+    if missing:
+        raise KitError(f"{Path(kit_dir) / missing[0]} is missing ({len(missing)} model file(s) in all); copy the whole kit")
+    for key in ("space", "fingerprint", "batch", "dtype", "opset", "hwnas_version", "space_definition"):
+        if key not in manifest:
+            raise KitError(f"{path} lacks `{key}`; make the kit again with `hwnas profile kit`")
     return manifest
+
+
+def _is_model_entry(entry: object) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("file"), str)
+            and isinstance(entry.get("input_shape"), list) and 0 < len(entry["input_shape"]) <= 6
+            and all(isinstance(n, int) and 0 < n <= 4096 for n in entry["input_shape"]))
 
 
 def open_session(path: str | Path, threads: int, provider: str = "CPUExecutionProvider"):
@@ -63,9 +82,13 @@ def ort_calls(kit_dir: str | Path, manifest: dict, threads: int,
     rng = np.random.default_rng(0)
     calls, prepare = {}, {}
     for entry in [*manifest["entries"], manifest["calibration"], *manifest.get("networks", [])]:
-        session = open_session(Path(kit_dir) / entry["file"], threads, provider)
+        path = Path(kit_dir) / entry["file"]
         x = rng.standard_normal(entry["input_shape"]).astype(np.float32)
-        calls[entry["key"]] = bound_call(session, x)
+        try:
+            calls[entry["key"]] = bound_call(open_session(path, threads, provider), x)
+        except Exception as exc:  # onnxruntime's own errors (a damaged model, an input it does not take)
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise KitError(f"{path}: onnxruntime cannot run it ({first}); make the kit again") from None
         prepare[entry["key"]] = x.sum
     return calls, prepare
 

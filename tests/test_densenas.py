@@ -421,3 +421,20 @@ def test_anneal_needs_a_budget_and_must_end_before_the_search(tiny, tmp_path):
     assert tiny_method(tiny, tmp_path, "method.budget_ms=100", "method.budget_anneal_epochs=9").budget.anneal_epochs == 9
     with pytest.raises(ConfigError, match="only 9 architecture epoch"):
         tiny_method(tiny, tmp_path, "method.budget_ms=100", "method.budget_anneal_epochs=10")
+
+
+@pytest.mark.parametrize("sampling, spread", [("architecture", False), ("uniform", True)])
+def test_weight_steps_sample_from_the_alphas_or_uniformly(tiny, tmp_path, sampling, spread):
+    method = tiny_method(tiny, tmp_path, "method.weight_sharing=nested", f"method.weight_sampling={sampling}")
+    model = method.build_supernet()
+    with torch.no_grad():
+        for _, alphas in model.mixed_ops().values():
+            alphas.zero_()
+            alphas[0] = 50.0  # the architecture weights all but certain of op 0
+    method.on_epoch_start(model, method.config.search.arch_start_epoch, method.config.search.epochs)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        method._sample(model, 1)
+        seen.update(op for sampled in method._sampled.values() for op in sampled)
+    assert (len(seen) > 1) == spread

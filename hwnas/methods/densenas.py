@@ -8,7 +8,8 @@ What makes DenseNAS DenseNAS, on the shared loop:
 - **Candidate weights**: each candidate MBConv its own weights (the release), or `weight_sharing:
   nested`, slices of one superkernel per layer, which a CPU search trains in minutes.
 - **Sampling** (ProxylessNAS style). Weight steps run one op per mixed op: uniformly before the
-  architecture updates start, then drawn from softmax(alpha). Architecture steps draw two distinct
+  architecture updates start, then drawn from softmax(alpha) (or still uniformly, `weight_sampling:
+  uniform`, so the ops the architecture weights disfavour early keep training). Architecture steps draw two distinct
   ops per mixed op and weigh them by the softmax over those two alphas. After each Adam step the two
   sampled alphas are shifted by log(sum exp(old)) - log(sum exp(new)), so the ops not sampled keep
   their share of probability.
@@ -65,6 +66,9 @@ class DenseNasOptions(MethodConfig):
     weight_sharing: Literal["independent", "nested"] = Field(
         "independent", description="candidate MBConvs with their own weights (the release) or nested slices of "
                                    "one superkernel, which trains in far fewer steps (hwnas/spaces/routing.py)")
+    weight_sampling: Literal["architecture", "uniform"] = Field(
+        "architecture", description="the op a weight step runs per layer once architecture steps start: drawn from "
+                                    "softmax(alpha) (ProxylessNAS) or uniformly, so every candidate keeps training")
     dual_lr: float = Field(0.05, gt=0.0, description="budget mode: step of the multiplier's dual ascent")
     budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
                                 description="budget mode: derive within [(1 - slack) * B, B] when such a network exists")
@@ -171,7 +175,8 @@ class DenseNas(SearchMethod):
     def _sample(self, model: RoutingSupernet, count: int) -> None:
         """Choose the ops each mixed op runs in the next forward pass."""
         for name, (op, alphas) in model.mixed_ops().items():
-            sampled = sample_ops(alphas, count, uniform=count == 1 and not self.arch_updates_started)
+            uniform = count == 1 and (not self.arch_updates_started or self.options.weight_sampling == "uniform")
+            sampled = sample_ops(alphas, count, uniform=uniform)
             op.active = sampled
             op.weights = F.softmax(alphas[sampled], dim=-1) if count > 1 else None
             self._sampled[name] = sampled

@@ -8,7 +8,7 @@ A method's own options live under `method:` and are validated by the method's `O
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 import yaml
@@ -54,7 +54,7 @@ class SGDConfig(Strict):
 
 class AdamConfig(Strict):
     lr: float = Field(3e-4, gt=0.0)
-    betas: list[float] = Field([0.5, 0.999], min_length=2, max_length=2)
+    betas: list[Annotated[float, Field(ge=0.0, lt=1.0)]] = Field([0.5, 0.999], min_length=2, max_length=2)
     weight_decay: float = Field(1e-3, ge=0.0)
 
 

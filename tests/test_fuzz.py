@@ -103,8 +103,9 @@ def as_csv_rows(data: bytes) -> list[list[str]]:
     return [line.split(",") for line in data.decode().splitlines()]
 
 
-def csv_from_rows(rows: list[list[Any]]) -> bytes:
-    return "".join(",".join(map(str, row)) + "\n" for row in rows).encode()
+def csv_from_rows(rows: list[Any]) -> bytes:
+    """Rows back to CSV text; a row the mutation replaced by a single value becomes that value's line."""
+    return "".join((",".join(map(str, row)) if isinstance(row, list) else str(row)) + "\n" for row in rows).encode()
 
 
 # ---- the contract ----

@@ -26,9 +26,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 import hwnas
+from hwnas.config import format_validation_error
 from hwnas.errors import HwnasError, LatencyError
 from hwnas.files import read_json
 from hwnas.latency.keys import OpKey, build_op, space_keys
@@ -146,9 +148,46 @@ def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     if not isinstance(description, dict) or "kit" not in description or any(c not in results for c in needed):
         raise LatencyError(f"{path}: not the output of profilers/ort_runner.py or torch_runner.py "
                            f"(needs columns {', '.join(needed)} and a description with the kit)")
+    try:
+        RunnerDescription.model_validate(description)
+    except ValidationError as exc:
+        raise LatencyError(f"{description_path}: a damaged runner description ({format_validation_error(exc)}); "
+                           "copy the file the runner wrote") from None
     if results["key"].duplicated().any():
         raise LatencyError(f"{path}: key {results['key'][results['key'].duplicated()].iloc[0]} appears twice")
+    timings = results[needed[1:]].apply(pd.to_numeric, errors="coerce")
+    if timings.isna().any().any() or not np.isfinite(timings.to_numpy(dtype=float)).all():
+        row = timings.isna().any(axis=1) | ~np.isfinite(timings.to_numpy(dtype=float)).all(axis=1)
+        raise LatencyError(f"{path}: key {results['key'][row].iloc[0]} has a timing that is not a finite number")
+    results[needed[1:]] = timings
     return results.set_index("key"), description
+
+
+class _Described(BaseModel):
+    model_config = ConfigDict(extra="allow")  # a newer runner may say more
+
+
+class KitInfo(_Described):
+    space: str
+    fingerprint: str
+    batch: int = Field(gt=0)
+    dtype: str
+    hwnas_version: str
+
+
+class NetworkEntry(_Described):
+    key: str
+    ops: list[str]
+
+
+class RunnerDescription(_Described):
+    """What `hwnas profile ingest` needs of the description a device runner writes beside its results."""
+
+    kit: KitInfo
+    space_definition: dict[str, Any]
+    calibration_key: str
+    networks: list[NetworkEntry] = []
+    device: dict[str, Any]
 
 
 def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, force: bool = False,

@@ -21,34 +21,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
-from hwnas.config import MethodConfig, resolve_path
+from hwnas.config import resolve_path
 from hwnas.derive import budget_genotype, derive_genotype
-from hwnas.errors import ConfigError, HwnasError
+from hwnas.errors import ConfigError
 from hwnas.genotypes import Genotype
-from hwnas.latency.cost import BudgetMultiplier, CellCost, check_anneal
+from hwnas.latency.cost import CellCost
+from hwnas.latency.objective import LatencyObjective, LatencyOptions
 from hwnas.methods import SearchMethod
 from hwnas.spaces.cell import CELL_TYPES
 
 
-class CellLatencyOptions(MethodConfig):
-    table: str | None = Field(None, description="latency table of a cell space: the final network's latency")
-    budget_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="latency budget (ms) of the final network")
-    dual_lr: float = Field(0.05, gt=0.0, description="step of the budget multiplier's dual ascent")
-    budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
-                                description="derive within [(1 - slack) * B, B] when such a genotype exists")
-    budget_anneal_epochs: int = Field(0, ge=0, description="architecture epochs over which the multiplier's target falls "
-                                      "from the supernet's expected latency to the budget (0: the budget from the start)")
-
-    @model_validator(mode="after")
-    def _budget_needs_table(self) -> "CellLatencyOptions":
-        if self.budget_ms is not None and self.table is None:
-            raise ValueError("budget_ms needs a latency table of a cell space (method.table or --table)")
-        if self.budget_anneal_epochs and self.budget_ms is None:
-            raise ValueError("budget_anneal_epochs needs a budget (budget_ms or --budget-ms)")
-        return self
+class CellLatencyOptions(LatencyOptions):
+    """The cell methods' latency options (`hwnas/latency/objective.py`); each method adds its own."""
 
 
 class CellMethod(SearchMethod):
@@ -56,21 +42,14 @@ class CellMethod(SearchMethod):
 
     def __init__(self, config, num_classes: int, in_channels: int):
         super().__init__(config, num_classes, in_channels)
-        self.cost: CellCost | None = None
-        self.budget: BudgetMultiplier | None = None
-        self.latency_history: list[float] = []
-        self._latency = 0.0
+        self.latency: LatencyObjective | None = None
         if self.options.table:
-            self.cost = self._cost(self.options.table)
-            if self.options.budget_ms is not None:
-                low, high = self.cost.bounds()
-                if self.options.budget_ms < low:
-                    raise HwnasError(f"a budget of {self.options.budget_ms:g} ms is below the smallest latency any "
-                                     f"{self.cost.space.name} network has with this table ({low:.3f} ms); the "
-                                     f"feasible range is {low:.3f} to {high:.3f} ms")
-                self.budget = BudgetMultiplier(self.options.budget_ms, self.options.dual_lr,
-                                               self.options.budget_anneal_epochs)
-                check_anneal(self.options.budget_anneal_epochs, config.search)
+            self.latency = LatencyObjective(self._cost(self.options.table), self.options, config.search,
+                                            self.expected_latency)
+
+    @property
+    def budget(self):
+        return self.latency.budget if self.latency else None
 
     def _cost(self, table_path: str) -> CellCost:
         from hwnas.latency.table import load_table
@@ -103,58 +82,45 @@ class CellMethod(SearchMethod):
             weights = self.derive_weights(model)
         if self.budget is None:
             return self.derive_rule(model, weights)
-        budget = self.options.budget_ms
-        return budget_genotype(weights, model.edge_primitives, model.nodes, self.cost, budget,
-                               (1 - self.options.budget_slack) * budget, self.budget_skip_limit())
+        low, budget = self.latency.window()
+        return budget_genotype(weights, model.edge_primitives, model.nodes, self.latency.cost, budget, low,
+                               self.budget_skip_limit())
 
     def expected_latency(self, model: nn.Module) -> torch.Tensor:
         probs = {kind: F.softmax(model.alphas[kind], dim=-1) for kind in CELL_TYPES}
-        return self.cost.expected(probs, model.edge_primitives)
+        return self.latency.cost.expected(probs, model.edge_primitives)
 
     def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         loss, logits = self.loss(model, x, y)
         if self.budget is not None:
-            latency = self.expected_latency(model)
-            self._latency = latency.item()
-            loss = loss + self.budget.penalty(latency)
+            loss = loss + self.latency.budget_penalty(self.latency.latency(model))
         return loss, logits
 
     def after_arch_step(self, model: nn.Module) -> None:
-        if self.budget is not None:
-            self.budget.update(self._latency)
+        if self.latency:
+            self.latency.after_arch_step()
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
-        if self.cost is None:
+        if self.latency is None:
             return {}
-        with torch.no_grad():
-            latency = float(self.expected_latency(model))
-        self.latency_history.append(latency)
-        if self.budget is None:
-            return {"expected_latency_ms": latency}
-        self.budget.begin_arch_epoch(epoch - self.config.search.arch_start_epoch)
-        return {"expected_latency_ms": latency, "mu": self.budget.mu, "budget_target_ms": self.budget.target_ms}
+        self.latency.begin_epoch(epoch)
+        return self.latency.record(model)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**(self.budget.state_dict() if self.budget else {}), "latency_history": list(self.latency_history)}
+        return self.latency.state_dict() if self.latency else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.budget is not None:
-            self.budget.load_state_dict(state)
-        self.latency_history = [float(v) for v in state.get("latency_history", [])]
+        if self.latency:
+            self.latency.load_state_dict(state)
 
     def describe(self, arch: Genotype) -> dict[str, Any]:
         out: dict[str, Any] = {"arch_text": str(arch)}
-        if self.cost is not None:
-            from hwnas.latency.validate import predict
-
-            prediction = predict(self.cost.table, self.cost.space, arch)
-            out.update(predicted_latency_ms=prediction["predicted_ms"], latency_breakdown_ms=prediction["breakdown_ms"],
-                       feasible_latency_ms=list(self.cost.bounds()),
-                       budget_ms=self.options.budget_ms, expected_latency_ms_by_epoch=self.latency_history)
+        if self.latency:
+            out.update(self.latency.describe(arch), budget_ms=self.options.budget_ms,
+                       expected_latency_ms_by_epoch=self.latency.history)
         return out
 
     def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        from hwnas.plots import plot_metric_curve
-
-        return plot_metric_curve(history, "expected_latency_ms", "expected latency of the final network (ms)",
-                                 out_dir / "expected_latency.png", self.options.budget_ms)
+        if self.latency is None:
+            return []
+        return self.latency.plots(history, out_dir, "expected latency of the final network (ms)")

@@ -44,10 +44,11 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from hwnas.config import MethodConfig, resolve_path
+from hwnas.config import resolve_path
 from hwnas.derive import RoutingWeights, budget_viterbi, viterbi
-from hwnas.errors import ConfigError, HwnasError
-from hwnas.latency.cost import BudgetMultiplier, RoutingCost, check_anneal
+from hwnas.errors import ConfigError
+from hwnas.latency.cost import RoutingCost
+from hwnas.latency.objective import LatencyObjective, LatencyOptions
 from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
 from hwnas.routed import RoutedArch
@@ -55,27 +56,23 @@ from hwnas.spaces.definition import load_space, space_path
 from hwnas.spaces.routing import RoutingSupernet
 
 
-class DenseNasOptions(MethodConfig):
+class DenseNasOptions(LatencyOptions):
+    """DenseNAS's own options; the table, budget and multiplier are every latency-aware method's
+    (`hwnas/latency/objective.py`)."""
+
     name: Literal["densenas"] = "densenas"
     space: str = Field("densenas_32", description="routing space: a name under configs/spaces/ or a YAML file")
-    table: str | None = Field(None, description="latency table CSV for the space (needed unless latency_loss: none)")
     latency_loss: Literal["densenas", "budget", "none"] = "densenas"
     lambda_: float = Field(0.15, alias="lambda", gt=0.0, description="densenas loss weight")
     tau_ms: float = Field(15.0, gt=1.0, description="densenas loss: log(LAT) / log(tau)")
-    budget_ms: float | None = Field(None, gt=0.0, allow_inf_nan=False, description="latency budget (ms); sets `latency_loss: budget`")
     weight_sharing: Literal["independent", "nested"] = Field(
         "independent", description="candidate MBConvs with their own weights (the release) or nested slices of "
                                    "one superkernel, which trains in far fewer steps (hwnas/spaces/routing.py)")
     weight_sampling: Literal["architecture", "uniform"] = Field(
         "architecture", description="the op a weight step runs per layer once architecture steps start: drawn from "
                                     "softmax(alpha) (ProxylessNAS) or uniformly, so every candidate keeps training")
-    dual_lr: float = Field(0.05, gt=0.0, description="budget mode: step of the multiplier's dual ascent")
-    budget_slack: float = Field(0.05, ge=0.0, lt=1.0,
-                                description="budget mode: derive within [(1 - slack) * B, B] when such a network exists")
-    budget_anneal_epochs: int = Field(0, ge=0, description="budget mode: architecture epochs over which the multiplier's "
-                                      "target falls from the supernet's expected latency to the budget (0: the budget from the start)")
 
-    model_config = {**MethodConfig.model_config, "populate_by_name": True}
+    model_config = {**LatencyOptions.model_config, "populate_by_name": True}
 
     @model_validator(mode="before")
     @classmethod
@@ -93,8 +90,6 @@ class DenseNasOptions(MethodConfig):
     def _consistent(self) -> "DenseNasOptions":
         if self.latency_loss == "budget" and self.budget_ms is None:
             raise ValueError("latency_loss: budget needs budget_ms (or --budget-ms)")
-        if self.budget_anneal_epochs and self.latency_loss != "budget":
-            raise ValueError("budget_anneal_epochs needs a budget (budget_ms or --budget-ms)")
         if self.latency_loss != "none" and self.table is None:
             raise ValueError(f"latency_loss: {self.latency_loss} needs a latency table (method.table or --table)")
         return self
@@ -127,21 +122,20 @@ class DenseNas(SearchMethod):
             raise ConfigError(f"the data has {in_channels} channel(s) but {space.name} takes {space.input_channels}; "
                               f"set data.channels: {space.input_channels}")
         self.space = space
-        self.cost = RoutingCost(space, load_table(resolve_path(self.options.table))) if self.options.table else None
-        if self.cost and self.options.latency_loss == "budget":
-            low, high = self.cost.bounds()
-            if self.options.budget_ms < low:
-                raise HwnasError(f"a budget of {self.options.budget_ms:g} ms is below the smallest latency any "
-                                 f"{space.name} network has with this table ({low:.3f} ms); the feasible range is "
-                                 f"{low:.3f} to {high:.3f} ms")
-        self.budget = (BudgetMultiplier(self.options.budget_ms, self.options.dual_lr, self.options.budget_anneal_epochs)
-                       if self.options.latency_loss == "budget" else None)
-        check_anneal(self.options.budget_anneal_epochs, config.search)
+        self.latency = (LatencyObjective(RoutingCost(space, load_table(resolve_path(self.options.table))),
+                                         self.options, config.search, self.expected_latency)
+                        if self.options.table else None)
         self.arch_updates_started = False
         self._sampled: dict[str, list[int]] = {}
         self._before: dict[str, torch.Tensor] = {}
-        self.latency_history: list[float] = []
         self._terms: dict[str, list[float]] = {"arch_ce": [], "arch_latency_term": []}
+
+    @property
+    def budget(self):
+        return self.latency.budget if self.latency else None
+
+    def expected_latency(self, model: RoutingSupernet) -> torch.Tensor:
+        return self.latency.cost.expected(model)
 
     def build_supernet(self) -> nn.Module:
         return RoutingSupernet(self.space, self.num_classes, nested=self.options.weight_sharing == "nested")
@@ -149,8 +143,8 @@ class DenseNas(SearchMethod):
     # ---- hooks ----
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
         self.arch_updates_started = epoch >= self.config.search.arch_start_epoch
-        if self.budget:
-            self.budget.begin_arch_epoch(epoch - self.config.search.arch_start_epoch)
+        if self.latency:
+            self.latency.begin_epoch(epoch)
         self._terms = {"arch_ce": [], "arch_latency_term": []}
         return {}
 
@@ -158,13 +152,7 @@ class DenseNas(SearchMethod):
         """The two terms of the architecture loss (means over the epoch's architecture steps), and the
         expected latency and multiplier they leave at the end of the epoch."""
         out = {name: sum(values) / len(values) if values else float("nan") for name, values in self._terms.items()}
-        if self.cost:
-            with torch.no_grad():
-                out["expected_latency_ms"] = float(self.cost.expected(model))
-            self.latency_history.append(out["expected_latency_ms"])
-        if self.budget:
-            out.update(mu=self.budget.mu, budget_target_ms=self.budget.target_ms)
-        return out
+        return {**out, **(self.latency.record(model) if self.latency else {})}
 
     def before_evaluation(self, model: nn.Module) -> None:
         """Evaluate as the release does: every op of every mixed op, weighted by softmax(alpha)."""
@@ -192,13 +180,12 @@ class DenseNas(SearchMethod):
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         self._terms["arch_ce"].append(loss.item())
-        if self.cost and self.options.latency_loss != "none":
-            latency = self.cost.expected(model)
-            self._latency = latency.item()
+        if self.latency and self.options.latency_loss != "none":
+            latency = self.latency.latency(model)
             if self.options.latency_loss == "densenas":
                 term = self.options.lambda_ * torch.log(latency) / math.log(self.options.tau_ms)
             else:
-                term = self.budget.penalty(latency)
+                term = self.latency.budget_penalty(latency)
             self._terms["arch_latency_term"].append(term.item())
             loss = loss + term
         return loss, logits
@@ -206,22 +193,18 @@ class DenseNas(SearchMethod):
     def after_arch_step(self, model: nn.Module) -> None:
         for name, (_, alphas) in model.mixed_ops().items():
             rescale_sampled(alphas, self._before[name], self._sampled[name])
-        if self.budget:
-            self.budget.update(self._latency)
+        if self.latency:
+            self.latency.after_arch_step()
 
     def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        from hwnas.plots import plot_metric_curve
-
-        return plot_metric_curve(history, "expected_latency_ms", "expected latency (ms)",
-                                 out_dir / "expected_latency.png", self.options.budget_ms)
+        return self.latency.plots(history, out_dir, "expected latency (ms)") if self.latency else []
 
     def state_dict(self) -> dict[str, Any]:
-        return {**(self.budget.state_dict() if self.budget else {}), "latency_history": list(self.latency_history)}
+        return self.latency.state_dict() if self.latency else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.budget:
-            self.budget.load_state_dict(state)
-        self.latency_history = [float(v) for v in state["latency_history"]]
+        if self.latency:
+            self.latency.load_state_dict(state)
 
     # ---- architecture ----
     def weights(self, model: RoutingSupernet) -> RoutingWeights:
@@ -236,9 +219,9 @@ class DenseNas(SearchMethod):
 
     def derive(self, model: nn.Module) -> RoutedArch:
         weights = self.weights(model)
-        if self.options.latency_loss == "budget" and self.cost:
-            budget = self.options.budget_ms
-            arch = budget_viterbi(self.space, weights, self.cost, budget, (1 - self.options.budget_slack) * budget)
+        if self.budget:
+            low, budget = self.latency.window()
+            arch = budget_viterbi(self.space, weights, self.latency.cost, budget, low)
         else:
             arch = viterbi(self.space, weights)
         # a user's own space is named by its file, so `hwnas train` and `export` can load it again
@@ -258,16 +241,8 @@ class DenseNas(SearchMethod):
 
     def report(self) -> dict[str, Any]:
         return {"space": self.space.name, "latency_loss": self.options.latency_loss,
-                "budget_ms": self.options.budget_ms, "expected_latency_ms_by_epoch": self.latency_history,
-                **({"mu": self.budget.mu} if self.budget else {})}
+                **(self.latency.report() if self.latency else {"budget_ms": None, "expected_latency_ms_by_epoch": []})}
 
     def describe(self, arch: RoutedArch) -> dict[str, Any]:
         """The derived architecture's text and, with a table, its latency by block."""
-        out: dict[str, Any] = {"arch_text": arch.format(self.space)}
-        if self.cost:
-            from hwnas.latency.validate import predict
-
-            prediction = predict(self.cost.table, self.space, arch)
-            out.update(predicted_latency_ms=prediction["predicted_ms"], latency_breakdown_ms=prediction["breakdown_ms"],
-                       feasible_latency_ms=list(self.cost.bounds()))
-        return out
+        return {"arch_text": arch.format(self.space), **(self.latency.describe(arch) if self.latency else {})}

@@ -109,7 +109,6 @@ class SearchConfig(Strict):
     seed: int = 2
     device: str = "cpu"
     data: SearchDataConfig = SearchDataConfig()
-    supernet: CellSupernetConfig = CellSupernetConfig()
     search: SearchLoopConfig = SearchLoopConfig()
 
     @field_validator("method", mode="before")
@@ -130,6 +129,15 @@ class SearchConfig(Strict):
 
     _device = field_validator("device")(lambda value: check_device(value))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _supernet_belongs_to_the_method(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "supernet" in data:
+            # a ConfigError (not a ValueError) so the message is this one line, as a field error would be
+            raise ConfigError("supernet: the cell supernet's settings are options of the cell methods; move the "
+                              "`supernet:` block under `method:` (method.supernet.layers, ...)")
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "SearchConfig":
         if self.search.arch_start_epoch >= self.search.epochs:
@@ -137,12 +145,6 @@ class SearchConfig(Strict):
                 f"search.arch_start_epoch ({self.search.arch_start_epoch}) must be below "
                 f"search.epochs ({self.search.epochs}), or the architecture never moves"
             )
-        given = sorted(self.supernet.model_fields_set)
-        if self.method.name == "densenas" and given:
-            # the routing space builds DenseNAS's supernet: these keys would be silently ignored.
-            # A ConfigError (not a ValueError) so the message names the keys, as a field error would
-            raise ConfigError(f"{', '.join('supernet.' + k for k in given)}: DenseNAS's supernet is defined by its "
-                              "routing space (method.space), not by the cell-supernet keys; drop `supernet`")
         return self
 
 
@@ -271,9 +273,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():
-        where = prefix + ".".join(str(p) for p in err["loc"]) or "(top level)"
+        where = (prefix + ".".join(str(p) for p in err["loc"])).rstrip(".") or "(top level)"
         message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        if err["type"] not in ("extra_forbidden", "missing") and "input" in err:
+        if err["type"] == "value_error":  # a validator's own sentence: it says what is wrong and what to do
+            message = message.removeprefix("Value error, ")
+        elif err["type"] not in ("extra_forbidden", "missing") and "input" in err:
             shown = repr(err["input"])
             message += f" (got {shown[:60]})"
         parts.append(f"{where}: {message}")
@@ -331,6 +335,4 @@ def load_config(model: type[ModelT], path: str | Path, overrides: list[str] | No
 
 
 def config_to_dict(config: BaseModel) -> dict[str, Any]:
-    # a DenseNAS run has no cell supernet: leave its unused defaults out, so the saved config reloads
-    densenas = isinstance(config, SearchConfig) and config.method.name == "densenas"
-    return config.model_dump(mode="json", exclude={"supernet"} if densenas else None)
+    return config.model_dump(mode="json")

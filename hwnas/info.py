@@ -45,7 +45,8 @@ def recipe_supernet_config(method: str, supernet: dict[str, int] | None = None) 
     recipe = resolve_path(f"configs/search/{method}_cifar10.yaml")
     data = read_yaml(recipe) if recipe.is_file() else {"method": {"name": method}}
     channels_last = (data.get("search") or {}).get("channels_last", False)
-    data = {"method": data["method"], "supernet": {**(data.get("supernet") or {}), **(supernet or {})},
+    method_options = data["method"] if isinstance(data["method"], dict) else {"name": data["method"]}
+    data = {"method": {**method_options, "supernet": {**(method_options.get("supernet") or {}), **(supernet or {})}},
             "search": {"channels_last": channels_last}}
     return build_config(SearchConfig, data, f"{recipe} (supernet)")
 
@@ -63,7 +64,7 @@ def supernet_info(method: str, init_channels: int | None = None, layers: int | N
         supernet["layers"] = layers
     config = recipe_supernet_config(method, supernet)
     model = get_method(method)(config, num_classes or 10, 3).build_supernet()
-    s = config.supernet
+    s = config.method.supernet
     return {
         "name": f"{method} supernet", "network": f"C={s.init_channels} cells={s.layers} nodes={s.nodes}",
         "params": count_parameters(model), "macs": count_macs(model, (3, 32, 32)), "input": "3x32x32",

@@ -64,10 +64,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():  # torch's refusal; its advice (load unsafely) is not ours to give
+        if "unsupported global" in str(exc).lower():  # torch's refusal; its advice (load unsafely) is not ours to give
             raise CheckpointError(f"{path}: refused, it holds Python objects besides tensors and plain data, and "
                                   "loading those could run code; hwnas checkpoints never do") from None
-        raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a loadable hwnas checkpoint (damaged or not a checkpoint)") from None
     except Exception as exc:  # a damaged file breaks the unpickler in many ways; weights_only ran none of its code
         raise CheckpointError(f"{path}: not a loadable hwnas checkpoint ({type(exc).__name__}: {_first_line(exc)})") from None
 

@@ -137,7 +137,7 @@ def test_cell_method_meets_its_budget(method, tmp_path):
     cost = CellCost(load_space("darts_cifar10"), load_table(TABLE))
     low, high = cost.bounds()
     budget = low + 0.3 * (high - low)
-    config = tiny_config(method, "supernet.nodes=4", f"method.table={TABLE}", f"method.budget_ms={budget}",
+    config = tiny_config(method, "method.supernet.nodes=4", f"method.table={TABLE}", f"method.budget_ms={budget}",
                          "search.epochs=2", "search.arch_start_epoch=0")
     report = search(config, tmp_path / "run", quiet=True)
     genotype = Genotype.from_dict(report["arch"])

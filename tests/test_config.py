@@ -16,7 +16,7 @@ def test_published_recipe_loads():
     assert config.method.name == "darts" and config.method.unrolled is False
     assert config.search.batch_size == 64 and config.search.weight_optimizer.lr == 0.025
     assert config.search.arch_optimizer.betas == [0.5, 0.999]
-    assert config.supernet.layers == 8 and config.data.train_portion == 0.5
+    assert config.method.supernet.layers == 8 and config.data.train_portion == 0.5
 
 
 @pytest.mark.parametrize("text, message", [
@@ -67,22 +67,24 @@ def test_config_for_another_method(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_densenas_rejects_the_cell_supernet_keys(capsys, tmp_path):
-    """DenseNAS builds its supernet from its routing space: a `supernet` key would do nothing."""
+def test_the_cell_supernet_is_an_option_of_the_cell_methods_only(capsys, tmp_path):
+    """The cell supernet's settings are the cell methods' options; DenseNAS builds its supernet from its
+    routing space, so `method.supernet` is an unknown key there, and the old top-level block is refused
+    with where it went."""
+    assert load_config(SearchConfig, "configs/search/darts_digits.yaml",
+                       ["method.supernet.layers=20"]).method.supernet.layers == 20
+    with pytest.raises(ConfigError, match="method.supernet: unknown key"):
+        load_config(SearchConfig, "configs/search/densenas_digits.yaml", ["method.supernet.layers=20"])
     with pytest.raises(ConfigError) as info:
-        load_config(SearchConfig, "configs/search/densenas_digits.yaml", ["supernet.layers=20"])
-    message = str(info.value)
-    assert message.startswith(str(resolve_path("configs/search/densenas_digits.yaml")) + ": supernet.layers: ")
-    assert "routing space (method.space)" in message and "\n" not in message
-    # the cell methods use it
-    assert load_config(SearchConfig, "configs/search/darts_digits.yaml", ["supernet.layers=20"]).supernet.layers == 20
+        load_config(SearchConfig, "configs/search/darts_digits.yaml", ["supernet.layers=20"])
+    assert "move the `supernet:` block under `method:`" in str(info.value) and "\n" not in str(info.value)
     # the shipped DenseNAS recipes set none of it
     for recipe in sorted(resolve_path("configs/search").glob("*densenas*.yaml")):
-        assert "supernet" not in read_yaml(recipe) and load_config(SearchConfig, recipe).method.name == "densenas"
+        assert "supernet" not in read_yaml(recipe)["method"] and load_config(SearchConfig, recipe).method.name == "densenas"
     # the CLI: one line, exit 2, no run directory
-    assert main(["search", "densenas", "--set", "supernet.layers=20", "--out", str(tmp_path / "o")]) == 2
+    assert main(["search", "densenas", "--set", "method.supernet.layers=20", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "supernet.layers: DenseNAS's supernet is defined by its routing space" in err and err.count("\n") == 1
+    assert "method.supernet: unknown key" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -37,7 +37,7 @@ def test_released_supernet_has_the_published_size(capsys):
 
 def test_width_not_divisible_by_k_is_a_clear_error(capsys):
     with pytest.raises(ConfigError, match=r"init_channels \(6\) must be divisible by method.k \(4\)"):
-        PcDarts(tiny_config("pcdarts", "supernet.init_channels=6"), 10, 1).build_supernet()
+        PcDarts(tiny_config("pcdarts", "method.supernet.init_channels=6"), 10, 1).build_supernet()
     assert main(["info", "--supernet", "pcdarts", "--init-channels", "6"]) == 2
     assert "divisible by method.k" in capsys.readouterr().err
     with pytest.raises(ValueError, match="divisible by k"):
@@ -80,7 +80,7 @@ def test_reduction_edge_bypasses_through_maxpool_and_keeps_shapes():
 
 # --- edge normalisation -----------------------------------------------------------------------------
 def test_edge_weights_softmax_over_each_nodes_incoming_edges():
-    model = PcDarts(tiny_config("pcdarts", "supernet.nodes=4"), 10, 1).build_supernet()
+    model = PcDarts(tiny_config("pcdarts", "method.supernet.nodes=4"), 10, 1).build_supernet()
     assert [name for name, _ in model.named_parameters() if name.startswith("betas.")] == \
         ["betas.normal", "betas.reduce"]
     assert {id(p) for p in model.arch_parameters()} >= {id(model.betas["normal"]), id(model.betas["reduce"])}

@@ -77,7 +77,7 @@ def test_stage_options_validated(bad):
         load_config(SearchConfig, "configs/search/pdarts_digits.yaml", [bad])
 
 
-TINY = ["data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.nodes=2",
+TINY = ["data.image_size=8", "data.train_subset=192", "method.supernet.init_channels=4", "method.supernet.nodes=2",
         "search.batch_size=16", "search.steps_per_epoch=2", "search.arch_start_epoch=1"]
 
 

@@ -3,8 +3,8 @@
 from hwnas.config import SearchConfig, load_config
 
 TINY = [
-    "data.image_size=8", "data.train_subset=192", "supernet.init_channels=4", "supernet.layers=3",
-    "supernet.nodes=2", "search.batch_size=16", "search.steps_per_epoch=3", "search.epochs=3",
+    "data.image_size=8", "data.train_subset=192", "method.supernet.init_channels=4", "method.supernet.layers=3",
+    "method.supernet.nodes=2", "search.batch_size=16", "search.steps_per_epoch=3", "search.epochs=3",
 ]
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.config import resolve_path
+from hwnas.config import CellSupernetConfig, resolve_path
 from hwnas.derive import budget_genotype, derive_genotype
 from hwnas.errors import ConfigError
 from hwnas.genotypes import Genotype
@@ -34,7 +34,10 @@ from hwnas.spaces.cell import CELL_TYPES
 
 
 class CellLatencyOptions(LatencyOptions):
-    """The cell methods' latency options (`hwnas/latency/objective.py`); each method adds its own."""
+    """What every cell method takes: its supernet, and the latency options (`hwnas/latency/objective.py`);
+    each method adds its own."""
+
+    supernet: CellSupernetConfig = CellSupernetConfig()
 
 
 class CellMethod(SearchMethod):
@@ -60,9 +63,9 @@ class CellMethod(SearchMethod):
         if space.kind != "cell":
             raise ConfigError(f"method.table: {table.source} is a table of the {space.kind} space {space.name}; "
                               "cell methods need a table of a cell space (e.g. darts_cifar10)")
-        if space.nodes != self.config.supernet.nodes:
+        if space.nodes != self.options.supernet.nodes:
             raise ConfigError(f"method.table: {space.name} cells have {space.nodes} nodes, the supernet "
-                              f"{self.config.supernet.nodes} (supernet.nodes)")
+                              f"{self.options.supernet.nodes} (method.supernet.nodes)")
         return CellCost(space, table)
 
     # ---- what each method says ----

@@ -82,7 +82,7 @@ class Darts(CellMethod):
     Options = DartsOptions
 
     def build_supernet(self) -> CellSupernet:
-        s = self.config.supernet
+        s = self.options.supernet
         return CellSupernet(s.init_channels, self.num_classes, s.layers, s.nodes, s.stem_multiplier, self.in_channels)
 
     def arch_backward(self, model, train_batch, val_batch, weight_optimizer):

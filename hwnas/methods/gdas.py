@@ -142,7 +142,7 @@ class Gdas(CellMethod):
     supernet_class: type[GdasSupernet] = GdasSupernet
 
     def build_supernet(self) -> GdasSupernet:
-        s = self.config.supernet
+        s = self.options.supernet
         model = self.supernet_class(s.init_channels, self.num_classes, s.layers, s.nodes, s.stem_multiplier,
                                     self.in_channels)
         model.tau = self.options.tau_max
@@ -175,9 +175,9 @@ class GdasFrc(Gdas):
         super().__init__(config, num_classes, in_channels)
 
     def build_supernet(self) -> GdasFrcSupernet:
-        C = self.config.supernet.init_channels
+        C = self.options.supernet.init_channels
         if (2 * C) % 8:  # the fixed cell's (1,3)/(3,1) convs use 8 groups; the first reduction has 2C channels
-            raise ConfigError(f"supernet.init_channels must be a multiple of 4 for gdas-frc, got {C}")
+            raise ConfigError(f"method.supernet.init_channels must be a multiple of 4 for gdas-frc, got {C}")
         return super().build_supernet()
 
     def derive_rule(self, model: GdasFrcSupernet, weights: dict[str, torch.Tensor]) -> Genotype:

@@ -95,10 +95,10 @@ class PcDarts(CellMethod):
     Options = PcDartsOptions
 
     def build_supernet(self) -> PcDartsSupernet:
-        s, k = self.config.supernet, self.options.k
+        s, k = self.options.supernet, self.options.k
         # every cell width is init_channels times a power of 2, so this one check covers all cells
         if s.init_channels % k:
-            raise ConfigError(f"supernet.init_channels ({s.init_channels}) must be divisible by method.k ({k}): "
+            raise ConfigError(f"method.supernet.init_channels ({s.init_channels}) must be divisible by method.k ({k}): "
                               f"each mixed op works on init_channels/k channels")
         return PcDartsSupernet(s.init_channels, self.num_classes, s.layers, s.nodes, s.stem_multiplier,
                                self.in_channels, k)

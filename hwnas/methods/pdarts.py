@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 class PDartsOptions(CellLatencyOptions):
     name: Literal["pdarts"] = "pdarts"
-    add_layers: list[int] = Field([0, 6, 12], min_length=1, description="cells added to supernet.layers per stage")
+    add_layers: list[int] = Field([0, 6, 12], min_length=1, description="cells added to method.supernet.layers per stage")
     add_width: list[int] = Field([0, 0, 0], min_length=1, description="channels added to init_channels per stage")
     keep_ops: list[int] = Field([5, 3, 1], min_length=1, description="candidates per edge kept after each stage")
     skip_dropout: list[float] = Field([0.1, 0.4, 0.7], min_length=1, description="skip-connect dropout per stage")
@@ -141,7 +141,7 @@ class PDarts(Darts):
         self.skip_report: dict[int, list] = {}
 
     def build_supernet(self, edge_primitives: dict[str, list] | None = None) -> PDartsSupernet:
-        s, o = self.config.supernet, self.options
+        s, o = self.options.supernet, self.options
         return PDartsSupernet(s.init_channels + o.add_width[self.stage], self.num_classes,
                               s.layers + o.add_layers[self.stage], s.nodes, s.stem_multiplier, self.in_channels,
                               edge_primitives=edge_primitives)
@@ -153,7 +153,7 @@ class PDarts(Darts):
         return {"skip_dropout": rate, **super().on_epoch_start(model, epoch, epochs)}
 
     def run(self, loop: "SearchLoop") -> Genotype:
-        nodes = self.config.supernet.nodes
+        nodes = self.options.supernet.nodes
         primitives = {kind: [PRIMITIVES] * edges_per_cell(nodes) for kind in CELL_TYPES}
         model = None
         for self.stage, keep in enumerate(self.options.keep_ops):

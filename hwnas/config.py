@@ -120,7 +120,7 @@ class SearchConfig(Strict):
             value = {"name": value}
         if isinstance(value, MethodConfig):
             return value
-        if not isinstance(value, dict) or "name" not in value:
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             raise ValueError("expected a mapping with a `name` (for example `method: {name: darts}`)")
         try:
             return get_method(value["name"]).Options.model_validate(value)

@@ -130,7 +130,7 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
         factor = measured / predicted
         scale *= factor
         table = table.rescaled(factor, {"reason": "the derived network timed here"})
-        method.cost = RoutingCost(method.space, table)
+        method.latency.cost = RoutingCost(method.space, table)
         arch = method.derive(model)
     fit = {"arch": arch.to_dict(), "rounds": rounds}
     if len(rounds) > 1:  # the table the network was derived with, so the report predicts with it too

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hwnas.errors import ConfigError
 from hwnas.genotypes import Genotype
 from hwnas.latency.keys import (cell_edge_keys, cell_fixed_keys, cell_space_keys, classifier_key, final_key,
                                 genotype_keys, head_key, routed_arch_keys, routing_space_keys, stack_key, stem_keys)
@@ -214,11 +213,3 @@ class BudgetMultiplier:
         start = state.get("start_ms")
         self.start_ms = None if start is None else float(start)
 
-
-def check_anneal(anneal_epochs: int, recipe: Any) -> None:
-    """The annealed target must reach the budget before the search ends."""
-    arch_epochs = recipe.epochs - recipe.arch_start_epoch
-    if anneal_epochs > arch_epochs:
-        raise ConfigError(f"budget_anneal_epochs is {anneal_epochs} but the search has only {arch_epochs} "
-                          f"architecture epoch(s) (search.epochs - search.arch_start_epoch): the target would "
-                          f"never reach the budget")

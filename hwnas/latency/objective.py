@@ -18,8 +18,17 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from hwnas.config import MethodConfig
-from hwnas.errors import HwnasError
-from hwnas.latency.cost import BudgetMultiplier, check_anneal
+from hwnas.errors import ConfigError, HwnasError
+from hwnas.latency.cost import BudgetMultiplier
+
+
+def check_anneal(anneal_epochs: int, recipe: Any) -> None:
+    """The annealed target must reach the budget before the search ends."""
+    arch_epochs = recipe.epochs - recipe.arch_start_epoch
+    if anneal_epochs > arch_epochs:
+        raise ConfigError(f"budget_anneal_epochs is {anneal_epochs} but the search has only {arch_epochs} "
+                          f"architecture epoch(s) (search.epochs - search.arch_start_epoch): the target would "
+                          f"never reach the budget")
 
 
 class LatencyOptions(MethodConfig):

@@ -42,6 +42,7 @@ from hwnas.routed import RoutedArch
 from hwnas.search import search
 from hwnas.spaces.definition import load_space
 from hwnas.train import train
+from profilers.measure import cpu_model
 from units import report, started, work
 
 FAMILIES = ("searched", "random", "hand_designed")
@@ -144,12 +145,15 @@ def measure(plan: dict, runs: Path, args: argparse.Namespace) -> None:
     table = load_table(plan["table"])
     space = load_space(plan["space"])
     path = runs / "latency.json"
-    rounds: dict[str, list[float]] = json.loads(path.read_text())["rounds"] if path.is_file() else {}
+    earlier = json.loads(path.read_text()) if path.is_file() else {}
+    # rounds add up only on the same machine: another CPU starts the measurement afresh
+    rounds: dict[str, list[float]] = earlier["rounds"] if earlier.get("cpu_model") == cpu_model() else {}
     models = {network_id(n): build_network(space, RoutedArch.from_dict(n["arch"])) for n in networks(plan, runs, args)}
     for _ in range(args.rounds):
         for name, ms in time_networks(models, space, table, 100).items():
             rounds.setdefault(name, []).append(round(ms, 5))
-    path.write_text(json.dumps({"load_average_1min_before": round(load, 2),
+    path.write_text(json.dumps({"cpu_model": cpu_model(), "table_cpu_model": table.meta.get("device", {}).get("cpu_model"),
+                                "load_average_1min_before": round(load, 2),
                                 "load_average_1min_after": round(os.getloadavg()[0], 2),
                                 "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds}, indent=2) + "\n")
 

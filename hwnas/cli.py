@@ -442,17 +442,50 @@ def unexpected_error(exc: Exception) -> tuple[str, int]:
             "ran; `hwnas --debug ...` shows the traceback)"), 1
 
 
+class WarningsHeldBack(logging.StreamHandler):
+    """Warnings (hwnas's, and Python's from torch and others) wait until the command's first progress
+    line, or its end: a command refused at set-up prints its one error line alone, and a warning about
+    the input it refused does not come before it. Under --quiet or --json they come at the end."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(message)s"))
+        self.held: list[logging.LogRecord] | None = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None and record.levelno >= logging.WARNING:
+            self.held.append(record)
+            return
+        self.show_held()
+        super().emit(record)
+
+    def show_held(self) -> None:
+        held, self.held = self.held or [], None
+        for record in held:
+            super().emit(record)
+
+    def drop(self) -> None:
+        self.held = None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     # hwnas's own messages at INFO; libraries (ONNX Runtime's tools, ...) only when they warn
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    warnings_handler = WarningsHeldBack()
+    logging.basicConfig(level=logging.WARNING, handlers=[warnings_handler])
+    logging.captureWarnings(True)
     # under torchrun only rank 0 speaks; the others report errors and warnings only
     first_rank = os.environ.get("RANK", "0") == "0"
     quiet = getattr(args, "json", False) or getattr(args, "quiet", False) or not first_rank
     logging.getLogger("hwnas").setLevel(logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO)
     try:
-        result = args.func(args)
+        try:
+            result = args.func(args)
+        except BaseException:  # the error line alone, unless the whole story was asked for
+            warnings_handler.show_held() if args.verbose or args.debug else warnings_handler.drop()
+            raise
+        warnings_handler.show_held()
     except HwnasError as exc:
         print(f"hwnas: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""The one final-training loop every derived network runs on: cell genotypes (with the auxiliary head and
+"""The final training every derived network runs on, driving the shared training engine (`hwnas/engine.py`): cell genotypes (with the auxiliary head and
 drop-path of the DARTS recipes), GDAS fixed-reduction-cell networks and routed DenseNAS networks.
 
 SGD with a cosine or exponential schedule, label smoothing, gradient clipping; an evaluation each
@@ -10,23 +10,20 @@ checkpoint each epoch that `resume` continues from bit for bit on the CPU; `weig
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from hwnas import distributed
-from hwnas.allocator import keep_freed_memory
 from hwnas.config import ModelConfig, TrainConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices, subset_indices
 from hwnas.errors import CheckpointError, HwnasError
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
-from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_csv, write_json
-from hwnas.search import RunningMean, cosine_lr, seed_of
+from hwnas.engine import Engine, RunningMean, Value, cosine_lr, seed_of
+from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_json
 
 log = logging.getLogger("hwnas.train")
 
@@ -138,13 +135,14 @@ def arch_text(arch) -> str:
 
 
 class Trainer:
+    """The final training on the shared engine: SGD on the whole training share, one evaluation per epoch."""
+
     def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False, dataset: Dataset | None = None):
-        self.config, self.arch, self.run, self.quiet = config, arch, run, quiet or not distributed.is_main()
-        self.device = distributed.setup(config.device)
-        keep_freed_memory()
-        self.memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-        self.dataset = dataset or load_dataset(config.data)
+        self.config, self.arch, self.run = config, arch, run
         recipe = config.train
+        self.engine = Engine(run, config.device, recipe.channels_last, quiet)
+        self.device = self.engine.device
+        self.dataset = dataset or load_dataset(config.data)
         n = len(self.dataset.train)
         if recipe.valid_portion > 0:
             self.train_idx, self.eval_idx = split_indices(n, 1 - recipe.valid_portion, config.data.train_subset)
@@ -154,7 +152,7 @@ class Trainer:
             self.eval_source, self.eval_idx, self.eval_name = self.dataset.test, None, "test"
         torch.manual_seed(seed_of(config.seed, "train", "init"))
         self.model = build_model(arch, config.model, self.dataset.num_classes, self.dataset.channels)
-        self.model.to(self.device, memory_format=self.memory_format)
+        self.model.to(self.device, memory_format=self.engine.memory_format)
         if recipe.sync_bn:
             self.model = distributed.use_global_batch_norm(self.model)
         # under torchrun the training steps go through DistributedDataParallel (rank 0's initial weights,
@@ -169,47 +167,52 @@ class Trainer:
                                   seed_of(config.seed, "train", "batches"), config.data.augment,
                                   distributed.rank(), distributed.world_size())
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-        self.history: list[dict[str, Any]] = []
-        self.best_acc = -1.0
+        self.best_acc = Value(-1.0)
+        self.steps = self.stream.batches_per_pass
+        if recipe.steps_per_epoch:
+            self.steps = min(self.steps, recipe.steps_per_epoch)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.engine.history
 
     def fit(self) -> None:
-        recipe = self.config.train
-        start = self._restore()
-        steps = self.stream.batches_per_pass
-        if recipe.steps_per_epoch:
-            steps = min(steps, recipe.steps_per_epoch)
+        parts = {"model": self.model, "optimizer": self.optimizer, "stream": self.stream, "best_acc": self.best_acc}
+        start = self.engine.restore("train", parts, "training")
         if start == 0:
             log.info("training %s: %d parameters, %d steps/epoch of %d images", type(self.model).__name__,
-                     count_parameters(self.model), steps, recipe.batch_size)
-        for epoch in range(start, recipe.epochs):
-            started = time.perf_counter()
-            if hasattr(self.model, "drop_path_prob"):
-                self.model.drop_path_prob = recipe.drop_path_prob * epoch / recipe.epochs
-            train_loss, train_acc = self._epoch(epoch, steps, f"train {epoch + 1}/{recipe.epochs}")
-            train_loss, train_acc = distributed.mean_over_ranks([train_loss, train_acc], self.device)
-            distributed.sync_module(self.model)  # rank 0's BN statistics everywhere before evaluating and saving
-            lr = self.optimizer.param_groups[0]["lr"]
-            predicted, labels, eval_loss = predictions(self.model, self.eval_source, self.eval_idx,
-                                                       recipe.batch_size, self.device)
-            eval_acc = (predicted == labels).float().mean().item()
-            row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
-                   f"{self.eval_name}_loss": eval_loss, f"{self.eval_name}_acc": eval_acc,
-                   "seconds": time.perf_counter() - started}
-            self.history.append(row)
-            log.info("epoch %d/%d  lr %.4g  train loss %.3f acc %.3f  %s loss %.3f acc %.3f  (%.1fs)", epoch + 1,
-                     recipe.epochs, lr, train_loss, train_acc, self.eval_name, eval_loss, eval_acc, row["seconds"])
-            self._save(epoch + 1, eval_acc)
+                     count_parameters(self.model), self.steps, self.config.train.batch_size)
+        self.engine.fit("train", start, self.config.train.epochs, parts, self._epoch, self._summary)
 
-    def _epoch(self, epoch: int, steps: int, desc: str) -> tuple[float, float]:
+    def _epoch(self, epoch: int) -> dict[str, Any]:
+        recipe = self.config.train
+        if hasattr(self.model, "drop_path_prob"):
+            self.model.drop_path_prob = recipe.drop_path_prob * epoch / recipe.epochs
+        train_loss, train_acc = self._steps(epoch)
+        train_loss, train_acc = distributed.mean_over_ranks([train_loss, train_acc], self.device)
+        distributed.sync_module(self.model)  # rank 0's BN statistics everywhere before evaluating and saving
+        predicted, labels, eval_loss = predictions(self.model, self.eval_source, self.eval_idx,
+                                                   recipe.batch_size, self.device)
+        eval_acc = (predicted == labels).float().mean().item()
+        self._keep_weights(epoch + 1, eval_acc)
+        return {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                "train_acc": train_acc, f"{self.eval_name}_loss": eval_loss, f"{self.eval_name}_acc": eval_acc}
+
+    def _summary(self, row: dict[str, Any]) -> str:
+        name = self.eval_name
+        return (f"epoch {row['epoch']}/{self.config.train.epochs}  lr {row['lr']:.4g}  train loss "
+                f"{row['train_loss']:.3f} acc {row['train_acc']:.3f}  {name} loss {row[name + '_loss']:.3f} "
+                f"acc {row[name + '_acc']:.3f}  ({row['seconds']:.1f}s)")
+
+    def _steps(self, epoch: int) -> tuple[float, float]:
         recipe = self.config.train
         self.model.train()
         loss_mean, acc_mean = RunningMean(), RunningMean()
-        bar = tqdm(range(steps), desc=desc, leave=False, disable=self.quiet or not sys.stderr.isatty())
+        bar = self.engine.progress(self.steps, f"train {epoch + 1}/{recipe.epochs}")
         for step in bar:
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(self.config, epoch, (step + 1) / steps)
-            x, y = next(self.stream)
-            x, y = x.to(self.device, memory_format=self.memory_format), y.to(self.device)
+                group["lr"] = learning_rate(self.config, epoch, (step + 1) / self.steps)
+            x, y = self.engine.to_device(next(self.stream))
             self.optimizer.zero_grad(set_to_none=True)
             out = self.forward(x)
             logits, aux = out if isinstance(out, tuple) else (out, None)
@@ -230,39 +233,15 @@ class Trainer:
         return weights_file(self.arch.to_dict(), self.config.model, self.dataset.num_classes, self.dataset.channels,
                             self.dataset.image_size, data.dataset, epoch, self.model)
 
-    def _save(self, epochs_done: int, eval_acc: float) -> None:
+    def _keep_weights(self, epochs_done: int, eval_acc: float) -> None:
+        """`weights/best.pt` when this epoch evaluated best so far, and `weights/last.pt`, before the engine's
+        checkpoint: a kill between the writes leaves a checkpoint that re-does this epoch."""
         if not distributed.is_main():
             return
-        # best first: a kill between the two writes leaves a checkpoint that re-does this epoch
-        if eval_acc > self.best_acc:
-            self.best_acc = eval_acc
+        if eval_acc > self.best_acc.value:
+            self.best_acc.value = eval_acc
             save_checkpoint(self.run.file("weights/best.pt"), self.weights(epochs_done))
         save_checkpoint(self.run.file("weights/last.pt"), self.weights(epochs_done))
-        state = {"epochs_done": epochs_done, "model": self.model.state_dict(),
-                 "optimizer": self.optimizer.state_dict(), "stream": self.stream.state_dict(),
-                 "rng": torch.get_rng_state(), "history": self.history, "best_acc": self.best_acc}
-        if self.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(self.run.checkpoint("train"), state)
-        write_csv(self.run.file("metrics.csv"), self.history)
-
-    def _restore(self) -> int:
-        path = self.run.checkpoint("train")
-        if not path.exists():
-            return 0
-        state = load_checkpoint(path)
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.stream.load_state_dict(state["stream"])
-            torch.set_rng_state(state["rng"])
-            if "cuda_rng" in state and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-            self.history, self.best_acc = list(state["history"]), float(state["best_acc"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path}: does not match this training ({str(exc).splitlines()[0][:160]})") from None
-        log.info("resumed after epoch %d", state["epochs_done"])
-        return int(state["epochs_done"])
 
     def test(self, weights: str) -> dict[str, Any]:
         """Test accuracy and confusion matrix of the weights saved as `weights` (last or best)."""

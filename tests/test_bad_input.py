@@ -319,3 +319,30 @@ def test_a_run_that_fails_at_set_up_leaves_no_folder(tmp_path, capsys):
     assert main(["search", "densenas", "--set", "search.batch_size=4096", "--out", str(out)]) == 2
     capsys.readouterr()
     assert out.is_dir() and not any(out.iterdir())
+
+
+def test_a_warning_waits_for_the_work_and_never_precedes_the_error_line(tmp_path):
+    """A table of another CPU warns when it is read. A command refused after that prints its error line
+    alone; a command that succeeds still shows the warning. (In a process of its own: pytest's log
+    capture replaces the CLI's handler in-process.)"""
+    import subprocess
+    import sys
+
+    table = tmp_path / "t.csv"
+    shutil.copy(TABLE_32, table)
+    meta = json.loads(TABLE_32.with_suffix(".json").read_text())
+    meta["device"]["cpu_model"] = "Imaginary ARM Cortex-Z9"
+    table.with_suffix(".json").write_text(json.dumps(meta))
+
+    def hwnas(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hwnas", *argv], capture_output=True, text=True,
+                              cwd=Path(__file__).parent.parent)
+
+    refused = hwnas("lut", "predict", "--table", str(table), "--arch", "DenseNAS-C")  # a 224 network
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("hwnas: error: ") and refused.stderr.count("\n") == 1, refused.stderr
+    verbose = hwnas("-v", "lut", "predict", "--table", str(table), "--arch", "DenseNAS-C")
+    assert "Imaginary ARM Cortex-Z9" in verbose.stderr and verbose.returncode == 2
+    done = hwnas("baseline", "hand", "--space", "densenas_32", "--table", str(table), "--target-ms", "4",
+                 "--out", str(tmp_path / "a.json"))
+    assert done.returncode == 0 and "Imaginary ARM Cortex-Z9" in done.stderr, done.stderr

@@ -8,9 +8,10 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hwnas.errors import HwnasError
+from hwnas.limits import MAX_BATCH, MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_RUNS, MAX_SIDE, MAX_THREADS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,6 +20,20 @@ class _Parser(argparse.ArgumentParser):
 
 
 BUSY_DEVICE_SHARE = 0.25  # quiet runs here flag 1-6% of keys, loaded ones 79-97% (benchmarks/noisy_profile.py)
+
+
+def _count(most: int) -> Callable[[str], int]:
+    """A whole number from 1 to `most` (a size past it is a typo, refused before any work)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"must lie in 1..{most}, not {value}")
+        return value
+
+    return parse
 
 
 def _milliseconds(text: str) -> float:
@@ -308,9 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort)")
     p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model")
     p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: fixed --batch)")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--threads", type=int, default=1, help="ORT threads for timing (a --table's own otherwise)")
-    p.add_argument("--runs", type=int, default=300, help="timed runs (at least; more when a --table used more)")
+    p.add_argument("--batch", type=_count(MAX_BATCH), default=1)
+    p.add_argument("--threads", type=_count(MAX_THREADS), default=1, help="ORT threads for timing (a --table's own otherwise)")
+    p.add_argument("--runs", type=_count(MAX_RUNS), default=300, help="timed runs (at least; more when a --table used more)")
     p.add_argument("--data-root", help="dataset folder for the real-image checks (default: the dataset's own)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_export, show=_show_export)
@@ -320,9 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--supernet", choices=method_names(), help="a method's search network")
     p.add_argument("--dataset", choices=["cifar10", "imagenet"], default="cifar10",
                    help="cell networks only; a routed network takes its space's input size and classes")
-    p.add_argument("--init-channels", type=int)
-    p.add_argument("--layers", type=int)
-    p.add_argument("--num-classes", type=int)
+    p.add_argument("--init-channels", type=_count(MAX_CHANNELS))
+    p.add_argument("--layers", type=_count(MAX_DEPTH))
+    p.add_argument("--num-classes", type=_count(MAX_CLASSES))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_info, show=_print_info)
 
@@ -334,10 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="latency table CSV to write (its .json goes beside it)")
     p.add_argument("--backend", choices=["ort", "torch"], default="ort")
     p.add_argument("--name", help="device name recorded in the table")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=10, help="untimed runs per key")
-    p.add_argument("--runs", type=int, default=100, help="timed runs per key, one per interleaved round")
+    p.add_argument("--threads", type=_count(MAX_THREADS), default=1)
+    p.add_argument("--batch", type=_count(MAX_BATCH), default=1)
+    p.add_argument("--warmup", type=_count(MAX_RUNS), default=10, help="untimed runs per key")
+    p.add_argument("--runs", type=_count(MAX_RUNS), default=100, help="timed runs per key, one per interleaved round")
     p.add_argument("--device", default="cpu", help="torch backend only: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -347,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = psub.add_parser("kit", help="export one ONNX model per latency key, to run on a device")
     k.add_argument("--space", required=True)
     k.add_argument("--out", required=True, help="kit folder (must not exist or be empty)")
-    k.add_argument("--batch", type=int, default=1)
+    k.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     k.add_argument("--json", action="store_true")
     i = psub.add_parser("ingest", help="turn a runner's results.csv into a latency table")
     i.add_argument("results", help="results CSV written by profilers/ort_runner.py or torch_runner.py")
@@ -363,13 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--from", dest="base", required=True, help="base space: name under configs/spaces/ or YAML")
     d.add_argument("--out", required=True, help="space YAML to write")
     d.add_argument("--name", help="the new space's name (default: the file's stem)")
-    d.add_argument("--input-size", type=int, help="input side in pixels; the earliest downsamplings are dropped "
+    d.add_argument("--input-size", type=_count(MAX_SIDE), help="input side in pixels; the earliest downsamplings are dropped "
                                                   "so the last feature map keeps at least --min-size pixels")
     d.add_argument("--width", type=float, help="width multiplier (widths rounded to multiples of 8)")
-    d.add_argument("--max-stack-layers", type=int, help="at most this many stack layers per block")
-    d.add_argument("--max-connections", type=int, help="block i may feed at most blocks i+1 .. i+N")
-    d.add_argument("--num-classes", type=int)
-    d.add_argument("--min-size", type=int)
+    d.add_argument("--max-stack-layers", type=_count(MAX_DEPTH), help="at most this many stack layers per block")
+    d.add_argument("--max-connections", type=_count(MAX_DEPTH), help="block i may feed at most blocks i+1 .. i+N")
+    d.add_argument("--num-classes", type=_count(MAX_CLASSES))
+    d.add_argument("--min-size", type=_count(MAX_SIDE))
     d.add_argument("--json", action="store_true")
     p.set_defaults(func=_space, show=lambda r: print(
         f"wrote {r['out']}: {r['space']}, derived from {r['base']}, {r['blocks']} blocks, widths {r['widths']}, "
@@ -393,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.03, help="relative window around --target-ms")
     p.add_argument("--under", action="store_true", help="window [target * (1 - tolerance), target], where a budget "
                                                         "search derives its network (its budget_slack)")
-    p.add_argument("--count", type=int, default=5, help="random architectures to draw")
+    p.add_argument("--count", type=_count(MAX_RUNS), default=5, help="random architectures to draw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="random: a new folder for one JSON per architecture; hand: a JSON")
     p.add_argument("--json", action="store_true")
@@ -404,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = lsub.add_parser("validate", help="predicted vs measured latency of random networks of a space")
     v.add_argument("--table", required=True)
     v.add_argument("--space", required=True)
-    v.add_argument("--samples", type=int, default=50)
+    v.add_argument("--samples", type=_count(MAX_RUNS), default=50)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--plot", help="write the predicted-vs-measured scatter plot here (PNG)")
     v.add_argument("--json", action="store_true")

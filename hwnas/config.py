@@ -16,6 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 
 from hwnas.errors import ConfigError
+from hwnas.limits import MAX_CHANNELS, MAX_DEPTH
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,10 +60,10 @@ class AdamConfig(Strict):
 
 
 class CellSupernetConfig(Strict):
-    init_channels: int = Field(16, gt=0)
-    layers: int = Field(8, ge=3, description="cells; reductions at layers//3 and 2*layers//3")
-    nodes: int = Field(4, gt=0, description="intermediate nodes per cell")
-    stem_multiplier: int = Field(3, gt=0)
+    init_channels: int = Field(16, gt=0, le=MAX_CHANNELS)
+    layers: int = Field(8, ge=3, le=MAX_DEPTH, description="cells; reductions at layers//3 and 2*layers//3")
+    nodes: int = Field(4, gt=0, le=64, description="intermediate nodes per cell")
+    stem_multiplier: int = Field(3, gt=0, le=64)
 
 
 SYNC_BN = ("under torchrun: batch-norm statistics over the global batch, so N processes compute what one "
@@ -153,8 +154,8 @@ class ModelConfig(Strict):
     architectures take their blocks from their space, and only `dropout` applies."""
 
     layout: Literal["cifar", "imagenet"] = Field("cifar", description="cell networks: NetworkCIFAR or NetworkImageNet")
-    init_channels: int = Field(36, gt=0)
-    layers: int = Field(20, ge=3)
+    init_channels: int = Field(36, gt=0, le=MAX_CHANNELS)
+    layers: int = Field(20, ge=3, le=MAX_DEPTH)
     auxiliary: bool = Field(True, description="cell networks: auxiliary head after the second reduction")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="routed networks: dropout before the classifier")
     zero_init_residual: bool = Field(

@@ -27,8 +27,6 @@ from hwnas.kinds import kind_of
 from hwnas.latency.check import check_before_search
 from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
-from hwnas.ops import PRIMITIVES
-from hwnas.plots import plot_arch_weights
 from hwnas.runs import RunDir, write_json
 
 log = logging.getLogger("hwnas.search")
@@ -61,6 +59,7 @@ def weight_step(method: SearchMethod, model: nn.Module, opt: torch.optim.Optimiz
                 grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, clip and SGD step on the network weights (architecture weights frozen)."""
     opt.zero_grad(set_to_none=True)
+    method.sample(model, "weights")
     with frozen(model.arch_parameters()):
         loss, logits = method.loss(model, *batch)
         loss.backward()
@@ -76,6 +75,7 @@ def arch_step(method: SearchMethod, model: nn.Module, arch_opt: torch.optim.Opti
               grad_clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The method's architecture gradient, clip, Adam step, and the method's after-step hook."""
     arch_opt.zero_grad(set_to_none=True)
+    method.sample(model, "arch")
     loss, logits = method.arch_backward(model, train_batch, val_batch, weight_opt)
     distributed.average_gradients(model.arch_parameters())
     if grad_clip:
@@ -232,9 +232,7 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     if not distributed.is_main():  # every rank derived the same architecture; rank 0 writes the run
         return {"command": "search", "arch": arch_json, "run_dir": str(run.path), "rank": distributed.rank()}
     write_json(run.file("arch.json"), arch_json)
-    plots = plot_arch_weights(loop.history, run.path, column_names=PRIMITIVES)
-    plots += kind_of(arch).draw(arch, run.path)
-    plots += method.plots(loop.history, run.path)
+    plots = method.plots(loop.history, run.path) + kind_of(arch).draw(arch, run.path)
     last = loop.history[-1] if loop.history else {}
     report = {
         "command": "search",

@@ -20,9 +20,10 @@ from torch import nn
 from hwnas import distributed
 from hwnas.config import ModelConfig, TrainConfig, config_to_dict
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices, subset_indices
-from hwnas.errors import CheckpointError, HwnasError
-from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
 from hwnas.engine import Engine, RunningMean, Value, cosine_lr, seed_of
+from hwnas.errors import CheckpointError, HwnasError
+from hwnas.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
+from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_json
 
 log = logging.getLogger("hwnas.train")
@@ -98,8 +99,8 @@ def load_weights(path: str | Path) -> dict[str, Any]:
             raise damaged(f"no `{key}`")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise damaged(f"`{key}` is a {type(value).__name__}, not a {kind.__name__}")
-    for key in ("num_classes", "in_channels", "image_size"):
-        if not 0 < state[key] <= 100_000:
+    for key, most in (("num_classes", MAX_CLASSES), ("in_channels", MAX_CHANNELS), ("image_size", MAX_SIDE)):
+        if not 0 < state[key] <= most:
             raise damaged(f"`{key}` is {state[key]}")
     if state["dataset"] not in DataConfig.model_fields["dataset"].annotation.__args__:
         raise damaged(f"unknown dataset {state['dataset']!r}")

@@ -156,6 +156,14 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("config-missing-file", lambda t: search_args(str(t / "absent.yaml")), "absent.yaml"),
     ("config-not-yaml", lambda t: search_args(str(write(t / "r.yaml", "method: [darts\n"))), "r.yaml"),
     ("config-bad-override", lambda t: ["search", "darts", "--set", "search.batch_size=0"], "search.batch_size"),
+    # sizes no network has: refused by key, not by the allocator
+    ("config-absurd-supernet-width", lambda t: ["search", "darts", "--set", "method.supernet.init_channels=1000000"],
+     "method.supernet.init_channels: Input should be less than or equal to 16384"),
+    ("config-absurd-classes-flag", lambda t: ["info", "--arch", "DARTS_V2", "--num-classes", "1000000000000"],
+     "--num-classes: must lie in 1..100000"),
+    ("config-absurd-classes-in-a-space", lambda t: ["search", "densenas", "--set", "method.space=" + str(write(
+        t / "s.yaml", "name: s\nderive: {from: densenas_32_small, num_classes: 1000000000000}\n"))],
+     "num_classes: Input should be less than or equal to 100000"),
     # datasets
     ("dataset-missing-folder", lambda t: ["train", "--arch", "DARTS_V2", "--set", "data.dataset=cifar10",
                                           "--set", f"data.root={t / 'nowhere'}"], "nowhere"),

@@ -345,7 +345,7 @@ def test_evaluation_runs_every_op_weighted_not_the_last_sample(tiny, tmp_path, s
     outputs = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        method._sample(model, 1)  # what a weight step leaves behind
+        method.sample(model, "weights")  # what a weight step leaves behind
         method.before_evaluation(model)
         for op, alphas in model.mixed_ops().values():
             assert op.active == list(range(len(op.names)))
@@ -435,6 +435,6 @@ def test_weight_steps_sample_from_the_alphas_or_uniformly(tiny, tmp_path, sampli
     torch.manual_seed(0)
     seen = set()
     for _ in range(20):
-        method._sample(model, 1)
+        method.sample(model, "weights")
         seen.update(op for sampled in method._sampled.values() for op in sampled)
     assert (len(seen) > 1) == spread

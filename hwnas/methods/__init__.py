@@ -2,8 +2,9 @@
 
 A method plugs into the shared loop through `SearchMethod`:
 
-- `build_supernet` -- the supernet (it owns its architecture weights);
+- `build_supernet` -- the supernet (`hwnas/spaces/supernet.py`: what the loop needs of it);
 - `on_epoch_start` -- per-epoch hooks (temperature, warm-up, dropout), returning values to log;
+- `sample` -- what the supernet runs in the coming weight or architecture step (DenseNAS's sampled ops);
 - `loss` / `arch_loss` -- the weight-step loss and the architecture-step loss (extra terms go here);
 - `arch_backward` -- fills the architecture gradients (first order by default; DARTS may unroll);
 - `after_arch_step` -- anything after the architecture optimiser step;
@@ -80,6 +81,11 @@ class SearchMethod:
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> dict[str, float]:
         return {}
 
+    def sample(self, model: nn.Module, step: str) -> None:
+        """Choose what the supernet runs in the coming step, `step` "weights" or "arch" (DenseNAS draws its
+        ops here). Default: nothing to choose; GDAS's Gumbel draw and PC-DARTS's channel sample are part
+        of their supernets' forward, fresh in every pass."""
+
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
         return F.cross_entropy(logits, y), logits
@@ -118,7 +124,10 @@ class SearchMethod:
         return {}
 
     def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        return []
+        """Pictures of the run, written at the end: by default the architecture weights over the epochs."""
+        from hwnas.plots import plot_arch_weights
+
+        return plot_arch_weights(history, out_dir)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -27,6 +27,7 @@ from hwnas.config import CellSupernetConfig, resolve_path
 from hwnas.derive import budget_genotype, derive_genotype
 from hwnas.errors import ConfigError
 from hwnas.genotypes import Genotype
+from hwnas.ops import PRIMITIVES
 from hwnas.latency.cost import CellCost
 from hwnas.latency.objective import LatencyObjective, LatencyOptions
 from hwnas.methods import SearchMethod
@@ -124,6 +125,10 @@ class CellMethod(SearchMethod):
         return out
 
     def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        if self.latency is None:
-            return []
-        return self.latency.plots(history, out_dir, "expected latency of the final network (ms)")
+        """The architecture weights (columns: the cell's candidate ops) and, with a table, the latency."""
+        from hwnas.plots import plot_arch_weights
+
+        plots = plot_arch_weights(history, out_dir, column_names=PRIMITIVES)
+        if self.latency:
+            plots += self.latency.plots(history, out_dir, "expected latency of the final network (ms)")
+        return plots

@@ -160,23 +160,20 @@ class DenseNas(SearchMethod):
             op.active = list(range(len(op.ops)))
             op.weights = F.softmax(alphas.detach(), dim=-1)
 
-    def _sample(self, model: RoutingSupernet, count: int) -> None:
-        """Choose the ops each mixed op runs in the next forward pass."""
+    def sample(self, model: RoutingSupernet, step: str) -> None:
+        """The ops each mixed op runs in the step: one for a weight step, two (weighted by the softmax over
+        their alphas) for an architecture step, whose alphas are kept to rescale after the step."""
+        count = 2 if step == "arch" else 1
         for name, (op, alphas) in model.mixed_ops().items():
             uniform = count == 1 and (not self.arch_updates_started or self.options.weight_sampling == "uniform")
             sampled = sample_ops(alphas, count, uniform=uniform)
             op.active = sampled
             op.weights = F.softmax(alphas[sampled], dim=-1) if count > 1 else None
             self._sampled[name] = sampled
-
-    def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._sample(model, 1)
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits
+        if step == "arch":
+            self._before = {name: alphas.detach().clone() for name, (_, alphas) in model.mixed_ops().items()}
 
     def arch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._sample(model, 2)
-        self._before = {name: alphas.detach().clone() for name, (_, alphas) in model.mixed_ops().items()}
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         self._terms["arch_ce"].append(loss.item())
@@ -197,7 +194,8 @@ class DenseNas(SearchMethod):
             self.latency.after_arch_step()
 
     def plots(self, history: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        return self.latency.plots(history, out_dir, "expected latency (ms)") if self.latency else []
+        plots = super().plots(history, out_dir)
+        return plots + (self.latency.plots(history, out_dir, "expected latency (ms)") if self.latency else [])
 
     def state_dict(self) -> dict[str, Any]:
         return self.latency.state_dict() if self.latency else {}

@@ -70,13 +70,14 @@ class PartialChannelMixedOp(MixedOp):
 class PcDartsSupernet(CellSupernet):
     """The DARTS search network with partial-channel mixed ops and one beta per edge."""
 
+    arch_weight_dicts = ("alphas", "betas")
+
     def __init__(self, C: int = 16, num_classes: int = 10, layers: int = 8, nodes: int = 4,
                  stem_multiplier: int = 3, in_channels: int = 3, k: int = 4):
         # CellSupernet builds its cells with `self.mixed_op`; K must be known by then
         self.mixed_op = partial(PartialChannelMixedOp, k=k)
         super().__init__(C, num_classes, layers, nodes, stem_multiplier, in_channels)
         self.k = k
-        # named `betas` so the shared loop treats them as architecture weights and checkpoints keep them
         self.betas = nn.ParameterDict({
             kind: nn.Parameter(1e-3 * torch.randn(edges_per_cell(nodes))) for kind in CELL_TYPES
         })

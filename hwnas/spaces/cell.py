@@ -15,6 +15,7 @@ from torch import nn
 
 from hwnas.models.cell_net import preprocess_inputs, reduction_indices
 from hwnas.ops import OPS, PRIMITIVES, drop_leading_relu, is_pool
+from hwnas.spaces.supernet import Supernet
 
 CELL_TYPES = ("normal", "reduce")
 
@@ -85,7 +86,7 @@ class SearchCell(nn.Module):
         return torch.cat(states[2:], dim=1)
 
 
-class CellSupernet(nn.Module):
+class CellSupernet(Supernet):
     """The DARTS search network: stem, `layers` search cells, global pooling, classifier.
 
     All normal cells share one alpha matrix (edges x candidates), all reduction cells another.
@@ -143,12 +144,6 @@ class CellSupernet(nn.Module):
         return None
 
     # ----------------------------------------------------------------------------------------------
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if _is_arch(name)]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        return [p for name, p in self.named_parameters() if not _is_arch(name)]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {kind: (self.op_weights(kind), self.edge_weights(kind)) for kind in self.searched_cells}
         s0 = s1 = self.stem(x)
@@ -157,7 +152,3 @@ class CellSupernet(nn.Module):
             op_w, edge_w = weights.get("reduce" if cell.reduction else "normal", (None, None))
             s0, s1 = s1, cell(s0, s1, op_w, edge_w)
         return self.classifier(torch.flatten(self.global_pooling(s1), 1))
-
-
-def _is_arch(name: str) -> bool:
-    return name.startswith(("alphas.", "betas."))

@@ -18,6 +18,7 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from hwnas.config import Strict, format_validation_error, read_yaml, resolve_path
+from hwnas.limits import MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_SIDE
 from hwnas.errors import ConfigError
 from hwnas.ops import MBCONV_OPS, PRIMITIVES, parse_mbconv
 
@@ -27,18 +28,18 @@ SPACES_DIR = "configs/spaces"
 class RoutingSpace(Strict):
     kind: Literal["routing"]
     name: str
-    input_size: int = Field(gt=0)
-    input_channels: int = Field(3, gt=0)
-    num_classes: int = Field(gt=0)
+    input_size: int = Field(gt=0, le=MAX_SIDE)
+    input_channels: int = Field(3, gt=0, le=MAX_CHANNELS)
+    num_classes: int = Field(gt=0, le=MAX_CLASSES)
     stem_op: str = Field("mbconv_k3_t1", description="the fixed op after the stem conv, inside block 0")
-    widths: list[int] = Field(min_length=2)
+    widths: list[int] = Field(min_length=2, max_length=MAX_DEPTH)
     sizes: list[int] = Field(min_length=2, description="output feature-map side of each block")
     stages: list[int] = Field(min_length=2)
     stack_layers: list[int] = Field(min_length=2)
     max_connections: int = Field(4, gt=0, description="block i may feed blocks i+1 .. i+max_connections")
     head_ops: list[str] = Field(default_factory=lambda: list(MBCONV_OPS), min_length=1)
     stack_ops: list[str] = Field(default_factory=lambda: [*MBCONV_OPS, "skip_connect"], min_length=1)
-    final_width: int = Field(1984, gt=0, description="the 1x1 conv block before pooling and the classifier")
+    final_width: int = Field(1984, gt=0, le=MAX_CHANNELS, description="the 1x1 conv block before pooling and the classifier")
 
     @model_validator(mode="after")
     def _valid(self) -> "RoutingSpace":
@@ -48,6 +49,8 @@ class RoutingSpace(Strict):
                 raise ValueError(f"{field} has {len(getattr(self, field))} entries but widths has {n}")
         if min(self.widths) <= 0 or min(self.sizes) <= 0 or min(self.stack_layers) < 0:
             raise ValueError("widths and sizes must be positive and stack_layers non-negative")
+        if max(self.widths) > MAX_CHANNELS or max(self.stack_layers) > MAX_DEPTH:
+            raise ValueError(f"widths must be at most {MAX_CHANNELS} and stack_layers at most {MAX_DEPTH}")
         if self.stack_layers[0]:
             raise ValueError("stack_layers[0] must be 0: block 0 is the stem's output")
         if any(b < a for a, b in zip(self.stages, self.stages[1:])):
@@ -115,13 +118,13 @@ class CellSpace(Strict):
 
     kind: Literal["cell"]
     name: str
-    input_size: int = Field(32, gt=0)
-    input_channels: int = Field(3, gt=0)
-    num_classes: int = Field(10, gt=0)
-    init_channels: int = Field(36, gt=0)
-    layers: int = Field(20, ge=3)
-    nodes: int = Field(4, gt=0)
-    stem_multiplier: int = Field(3, gt=0)
+    input_size: int = Field(32, gt=0, le=MAX_SIDE)
+    input_channels: int = Field(3, gt=0, le=MAX_CHANNELS)
+    num_classes: int = Field(10, gt=0, le=MAX_CLASSES)
+    init_channels: int = Field(36, gt=0, le=MAX_CHANNELS)
+    layers: int = Field(20, ge=3, le=MAX_DEPTH)
+    nodes: int = Field(4, gt=0, le=64)
+    stem_multiplier: int = Field(3, gt=0, le=64)
     primitives: list[str] = Field(default_factory=lambda: list(PRIMITIVES), min_length=1)
 
     @model_validator(mode="after")

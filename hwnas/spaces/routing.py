@@ -22,6 +22,7 @@ from torch import nn
 
 from hwnas.ops import BN_EPS_MOBILE, ConvBNReLU6, mobile_op, parse_mbconv
 from hwnas.spaces.definition import RoutingSpace
+from hwnas.spaces.supernet import Supernet
 
 
 def _search_bn(module: nn.Module) -> nn.Module:
@@ -106,7 +107,9 @@ class _NestedCandidate(nn.Module):
         return self.shared.run(self.index, x)
 
 
-class RoutingSupernet(nn.Module):
+class RoutingSupernet(Supernet):
+    arch_weight_dicts = ("betas", "alphas")
+
     def __init__(self, space: RoutingSpace, num_classes: int, init_scale: float = 1e-3, nested: bool = False):
         super().__init__()
         self.space = space
@@ -144,13 +147,6 @@ class RoutingSupernet(nn.Module):
                 self.alphas[f"stack_{j}_{layer}"] = nn.Parameter(init_scale * torch.randn(len(space.stack_ops)))
 
     # ---- parameters ----
-    def arch_parameters(self) -> list[nn.Parameter]:
-        return [*self.betas.values(), *self.alphas.values()]
-
-    def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.arch_parameters()}
-        return [p for p in self.parameters() if id(p) not in arch]
-
     def mixed_ops(self) -> dict[str, tuple[MixedMobileOp, nn.Parameter]]:
         """Every mixed op with its alphas, by alpha name."""
         ops = {f"head_{key}": op for key, op in self.heads.items()}

@@ -485,7 +485,10 @@ class WarningsHeldBack(logging.StreamHandler):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or an argument refused with its one line (2)
+        return int(exc.code or 0)
     # hwnas's own messages at INFO; libraries (ONNX Runtime's tools, ...) only when they warn
     warnings_handler = WarningsHeldBack()
     logging.basicConfig(level=logging.WARNING, handlers=[warnings_handler])

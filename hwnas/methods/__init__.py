@@ -12,6 +12,7 @@ A method plugs into the shared loop through `SearchMethod`:
 - `epoch_metrics` -- values logged at the end of an epoch;
 - `derive` -- the architecture the current weights stand for;
 - `report` -- method-specific entries for the run's report;
+- `supernet_summary` -- how `hwnas info --supernet` names the supernet and its input;
 - `plots` -- method-specific pictures of the run, written at the end;
 - `state_dict` / `load_state_dict` -- the method's own state (a multiplier, a curve), checkpointed;
 - `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
@@ -134,6 +135,11 @@ class SearchMethod:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    def supernet_summary(self) -> dict[str, Any]:
+        """How `hwnas info --supernet` shows the supernet: `network` (a line of text) and `input` (its
+        channels, height, width)."""
+        raise NotImplementedError
 
     def describe(self, arch: Any) -> dict[str, Any]:
         """How the report shows the derived architecture (`arch_text`, and anything else worth saying)."""

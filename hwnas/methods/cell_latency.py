@@ -117,6 +117,10 @@ class CellMethod(SearchMethod):
         if self.latency:
             self.latency.load_state_dict(state)
 
+    def supernet_summary(self) -> dict[str, Any]:
+        s = self.options.supernet
+        return {"network": f"C={s.init_channels} cells={s.layers} nodes={s.nodes}", "input": (self.in_channels, 32, 32)}
+
     def describe(self, arch: Genotype) -> dict[str, Any]:
         out: dict[str, Any] = {"arch_text": str(arch)}
         if self.latency:

@@ -241,6 +241,11 @@ class DenseNas(SearchMethod):
         return {"space": self.space.name, "latency_loss": self.options.latency_loss,
                 **(self.latency.report() if self.latency else {"budget_ms": None, "expected_latency_ms_by_epoch": []})}
 
+    def supernet_summary(self) -> dict[str, Any]:
+        space = self.space
+        return {"network": f"routing supernet space={space.name} (first op of every layer)",
+                "input": (space.input_channels, space.input_size, space.input_size)}
+
     def describe(self, arch: RoutedArch) -> dict[str, Any]:
         """The derived architecture's text and, with a table, its latency by block."""
         return {"arch_text": arch.format(self.space), **(self.latency.describe(arch) if self.latency else {})}

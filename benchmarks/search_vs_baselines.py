@@ -167,13 +167,16 @@ def assemble(plan: dict, runs: Path, args: argparse.Namespace) -> dict:
     table = load_table(plan["table"])
     space = load_space(plan["space"])
     cost = RoutingCost(space, table)
+    # the table of the machine that measured, where it differs from the plan's (predictions beside measurements)
+    host_cost = RoutingCost(space, load_table(args.host_table)) if args.host_table else None
     latency_path = runs / "latency.json"
     latency = json.loads(latency_path.read_text()) if latency_path.is_file() else {"rounds": {}}
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "dataset": "fashion-mnist (test: all 10000 images)",
               **{k: plan[k] for k in ("space", "table", "space_range_ms", "hand_designed_range_ms",
                                       "common_range_ms", "search_config", "train_config")},
               "search_seeds": args.search_seeds, "train_seeds": args.train_seeds, "random_per_budget": args.random,
-              "latency_measurement": {k: v for k, v in latency.items() if k != "rounds"}, "budgets": []}
+              "latency_measurement": {k: v for k, v in latency.items() if k != "rounds"},
+              **({"host_table": args.host_table} if args.host_table else {}), "budgets": []}
     nets = networks(plan, runs, args)
     for k, budget in enumerate(plan["budgets"]):
         entry = {"budget_ms": budget["budget_ms"], "fraction_of_common_range": budget["fraction_of_common_range"]}
@@ -186,6 +189,7 @@ def assemble(plan: dict, runs: Path, args: argparse.Namespace) -> dict:
                 measured = latency["rounds"].get(network_id(net))
                 rows.append({"name": net["name"], "arch": str(arch), "layers": layers(arch),
                              "predicted_ms": round(cost.exact(arch), 4),
+                             **({"predicted_ms_host_table": round(host_cost.exact(arch), 4)} if host_cost else {}),
                              "measured_ms": round(statistics.median(measured), 4) if measured else None,
                              "test_acc": test, "params": reports[0]["params"] if reports[0] else None,
                              **{key: net[key] for key in ("search_seconds", "search_end_val_acc") if key in net}})
@@ -241,6 +245,8 @@ def main() -> None:
                              "benchmark continues in a fresh checkout, checkpoints and weights are not")
     parser.add_argument("--table", default="latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv",
                         help="the latency table of the machine the networks are measured on")
+    parser.add_argument("--host-table", help="the latency table of the machine the latencies were measured on, when "
+                                             "it is not --table's: its predictions are reported beside them")
     parser.add_argument("--search-config", default="configs/search/densenas_fmnist.yaml")
     parser.add_argument("--train-config", default="configs/train/densenas_fmnist.yaml")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 0.9],

@@ -16,7 +16,7 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationEr
                       model_validator)
 
 from hwnas.errors import ConfigError
-from hwnas.limits import MAX_CHANNELS, MAX_DEPTH
+from hwnas.limits import MAX_CELL_NODES, MAX_CHANNELS, MAX_DEPTH
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,8 +62,8 @@ class AdamConfig(Strict):
 class CellSupernetConfig(Strict):
     init_channels: int = Field(16, gt=0, le=MAX_CHANNELS)
     layers: int = Field(8, ge=3, le=MAX_DEPTH, description="cells; reductions at layers//3 and 2*layers//3")
-    nodes: int = Field(4, gt=0, le=64, description="intermediate nodes per cell")
-    stem_multiplier: int = Field(3, gt=0, le=64)
+    nodes: int = Field(4, gt=0, le=MAX_CELL_NODES, description="intermediate nodes per cell")
+    stem_multiplier: int = Field(3, gt=0, le=MAX_CELL_NODES)
 
 
 SYNC_BN = ("under torchrun: batch-norm statistics over the global batch, so N processes compute what one "

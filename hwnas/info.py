@@ -5,20 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
-from hwnas.errors import HwnasError
 from hwnas.kinds import kind_of, load_arch
 from hwnas.methods import get_method
 from hwnas.models import count_macs, count_parameters
 
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value <= 0:
-        raise HwnasError(f"{name} must be positive, got {value}")
-
-
 def arch_info(arch: str, dataset: str = "cifar10", init_channels: int | None = None, layers: int | None = None,
               num_classes: int | None = None) -> dict[str, Any]:
-    for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
-        _positive(name, value)
     architecture = load_arch(arch)
     return kind_of(architecture).info(arch, architecture, dataset, init_channels, layers, num_classes)
 
@@ -40,8 +32,6 @@ def supernet_info(method: str, init_channels: int | None = None, layers: int | N
                   num_classes: int | None = None) -> dict[str, Any]:
     """A method's search network as its recipe builds it; multiply-adds of one forward pass as the
     supernet runs untouched (DenseNAS: the first op of every layer, every routing path)."""
-    for name, value in (("--init-channels", init_channels), ("--layers", layers), ("--num-classes", num_classes)):
-        _positive(name, value)
     overrides = {key: value for key, value in (("init_channels", init_channels), ("layers", layers)) if value}
     config = recipe_supernet_config(method, overrides)
     searcher = get_method(method)(config, num_classes or 10, 3)

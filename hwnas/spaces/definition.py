@@ -18,7 +18,7 @@ import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from hwnas.config import Strict, format_validation_error, read_yaml, resolve_path
-from hwnas.limits import MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_SIDE
+from hwnas.limits import MAX_CELL_NODES, MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_SIDE
 from hwnas.errors import ConfigError
 from hwnas.ops import MBCONV_OPS, PRIMITIVES, parse_mbconv
 
@@ -123,8 +123,8 @@ class CellSpace(Strict):
     num_classes: int = Field(10, gt=0, le=MAX_CLASSES)
     init_channels: int = Field(36, gt=0, le=MAX_CHANNELS)
     layers: int = Field(20, ge=3, le=MAX_DEPTH)
-    nodes: int = Field(4, gt=0, le=64)
-    stem_multiplier: int = Field(3, gt=0, le=64)
+    nodes: int = Field(4, gt=0, le=MAX_CELL_NODES)
+    stem_multiplier: int = Field(3, gt=0, le=MAX_CELL_NODES)
     primitives: list[str] = Field(default_factory=lambda: list(PRIMITIVES), min_length=1)
 
     @model_validator(mode="after")

@@ -181,21 +181,23 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
         raise HwnasError("profile: give --space SPACE and --out (see `hwnas profile --help`)")
     space = load_space(args.space)
     if args.profile_command == "kit":
-        manifest = kit.build_kit(space, args.out, args.batch)
-        return {"kit": args.out, "keys": len(manifest["entries"]), "space": space.name}
+        manifest = kit.build_kit(space, args.out, args.batch, args.runtime)
+        return {"kit": args.out, "keys": len(manifest["entries"]), "space": space.name, "runtime": manifest["runtime"]}
     for name in ("threads", "runs", "batch"):
         if getattr(args, name) < 1:
             raise HwnasError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise HwnasError(f"--warmup must not be negative, got {args.warmup}")
-    return kit.profile(space, args.out, args.backend, args.name, args.threads, args.batch, args.warmup, args.runs,
+    return kit.profile(space, args.out, args.runtime, args.name, args.threads, args.batch, args.warmup, args.runs,
                        args.device, quiet=args.quiet, allow_busy=args.allow_busy)
 
 
 def _show_profile(result: dict[str, Any]) -> None:
     if "kit" in result:
-        print(f"wrote a kit of {result['keys']} models for {result['space']} to {result['kit']}; run it on the device "
-              f"with `python profilers/ort_runner.py {result['kit']} --out results.csv`")
+        from profilers.runner import RUNNER_OF
+
+        print(f"wrote a {result['runtime']} kit of {result['keys']} models for {result['space']} to {result['kit']}; run "
+              f"it on the device with `python profilers/{RUNNER_OF[result['runtime']]} {result['kit']} --out results.csv`")
         return
     unstable = result["unstable_keys"]
     print(f"wrote {result['table']} ({result['keys']} keys"
@@ -285,6 +287,7 @@ def _run_options(p: argparse.ArgumentParser, name: str, example: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from hwnas.methods import method_names
+    from hwnas.runtimes import file_runtime_names, runtime_names
 
     parser = _Parser(prog="hwnas", description="Hardware-aware neural architecture search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -342,30 +345,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_info, show=_print_info)
 
     p = sub.add_parser("profile", help="measure a latency table on this machine, or make/ingest a device kit",
-                       description="hwnas profile --space SPACE --backend ort --name DEVICE --out TABLE.csv "
+                       description="hwnas profile --space SPACE --runtime ort --name DEVICE --out TABLE.csv "
                                    "profiles here in one step; `profile kit` and `profile ingest` do it in two, "
-                                   "with profilers/ort_runner.py run on the device in between.")
+                                   "with the runtime's runner (profilers/*_runner.py) run on the device in between.")
     p.add_argument("--space", help="space name under configs/spaces/ (densenas_224, densenas_32, darts_cifar10) or YAML")
     p.add_argument("--out", help="latency table CSV to write (its .json goes beside it)")
-    p.add_argument("--backend", choices=["ort", "torch"], default="ort")
+    p.add_argument("--runtime", "--backend", dest="runtime", choices=runtime_names(), default="ort",
+                   help="what the table is measured with (executorch and litert need their extras)")
     p.add_argument("--name", help="device name recorded in the table")
     p.add_argument("--threads", type=_count(MAX_THREADS), default=1)
     p.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     p.add_argument("--warmup", type=_count(MAX_RUNS), default=10, help="untimed runs per key")
     p.add_argument("--runs", type=_count(MAX_RUNS), default=100, help="timed runs per key, one per interleaved round")
-    p.add_argument("--device", default="cpu", help="torch backend only: cpu or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="torch runtime only: cpu or cuda[:N]")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow-busy", action="store_true",
                    help="keep a table profiled while the load average was above 0.5 (refused by default)")
     psub = p.add_subparsers(dest="profile_command", parser_class=_Parser)
-    k = psub.add_parser("kit", help="export one ONNX model per latency key, to run on a device")
+    k = psub.add_parser("kit", help="write one model per latency key in a runtime's format, to run on a device")
     k.add_argument("--space", required=True)
+    k.add_argument("--runtime", choices=file_runtime_names(), default="ort")
     k.add_argument("--out", required=True, help="kit folder (must not exist or be empty)")
     k.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     k.add_argument("--json", action="store_true")
     i = psub.add_parser("ingest", help="turn a runner's results.csv into a latency table")
-    i.add_argument("results", help="results CSV written by profilers/ort_runner.py or torch_runner.py")
+    i.add_argument("results", help="results CSV written by a runner in profilers/ (ort_runner.py, executorch_runner.py, ...)")
     i.add_argument("--out", required=True, help="latency table CSV to write")
     i.add_argument("--name", help="device name recorded in the table")
     i.add_argument("--allow-busy", action="store_true", help="keep a table the device profiled while busy")

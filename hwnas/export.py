@@ -27,7 +27,7 @@ from torch import nn
 
 from hwnas.config import DataConfig, ModelConfig, TrainConfig, build_config, read_yaml
 from hwnas.errors import CheckpointError, DataError, HwnasError
-from hwnas.latency.kit import OPSET, export_onnx
+from hwnas.runtimes.onnx import OPSET, export_onnx
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters, load_arch
 from hwnas.kinds import kind_of
 from hwnas.train import arch_text, build_from_weights, load_weights

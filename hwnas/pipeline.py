@@ -29,8 +29,6 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, A
     """The table this run uses, and why (hwnas/latency/check.py): the shipped one when it was profiled on
     a host like this one and its calibration networks, timed here, agree with it within 5%; rescaled
     when they are off by one common factor; else the space profiled here. Decided once per run."""
-    import onnxruntime
-
     from hwnas.latency import kit
     from hwnas.latency.check import check_table, same_host
     from hwnas.latency.table import load_table, save_table
@@ -41,7 +39,7 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, A
     table = load_table(shipped)
     here_table = run_dir / "latency_table.csv"
     choice: dict[str, Any] = {"shipped": table.source}
-    same, differs = same_host(table, onnxruntime.__version__)
+    same, differs = same_host(table)
     if table.space != space.name:
         differs.append(f"space: table {table.space}, search {space.name}")
         same = False
@@ -62,7 +60,7 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, A
         log.info("profiling %s here first", space.name)
         here_table.unlink(missing_ok=True)  # a rescaled copy, or a profile killed before it was decided
         here_table.with_suffix(".json").unlink(missing_ok=True)
-        kit.profile(space, here_table, "ort", name="this-machine", threads=int(table.meta.get("threads", 1)),
+        kit.profile(space, here_table, table.meta["runtime"], name="this-machine", threads=int(table.meta.get("threads", 1)),
                     batch=table.batch, warmup=int(table.meta.get("warmup", 10)),
                     runs=int(table.meta.get("runs", 100)), quiet=quiet, allow_busy=True)
         choice.update(table=str(here_table), decision="profiled here" + (

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         from hwnas.errors import HwnasError
-        from hwnas.latency.kit import torch_profile
+        from hwnas.runtimes.torch_eager import torch_profile
         from hwnas.latency.table import fingerprint
         from hwnas.latency.keys import space_keys
         from hwnas.spaces.definition import parse_space

@@ -119,7 +119,7 @@ def test_dilated_depthwise_conv_second_derivatives_are_exact(kernel, size):
 def test_dilated_depthwise_conv_evaluates_and_exports_as_one_dilated_conv(tmp_path):
     """Outside training the plain conv runs: ONNX graphs (and so latency keys) are unchanged."""
     import onnx
-    from hwnas.latency.kit import export_onnx
+    from hwnas.runtimes.onnx import export_onnx
 
     op = OPS["dil_conv_5x5"](4, 1, True)
     export_onnx(op, (1, 4, 8, 8), tmp_path / "dil.onnx")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from hwnas.latency.table import LatencyTable
+from hwnas.latency.table import LatencyTable, table_runtime
 from profilers.measure import host_identity
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,10 @@ CONSISTENT_SPREAD = 0.10
 IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cpu_count", "cache_size", "memory_gb", "machine")
 
 
-def same_host(table: LatencyTable, runtime_version: str) -> tuple[bool, list[str]]:
-    """Whether the table was profiled on a host like this one with this runtime version; what differs."""
+def same_host(table: LatencyTable, runtime_version: str | None = None) -> tuple[bool, list[str]]:
+    """Whether the table was profiled on a host like this one with `runtime_version` of its runtime (by
+    default the one installed here); what differs."""
+    runtime_version = runtime_version or table_runtime(table).version()
     recorded = table.meta.get("device") or {}
     here = host_identity()
     differs = [f"{name}: table {recorded.get(name)!r}, here {here.get(name)!r}" for name in IDENTITY_FIELDS
@@ -49,12 +51,11 @@ def time_networks(networks: dict[str, Any], space, table: LatencyTable, min_runs
     """Each network's latency here (ms, the table's statistic) with the table's runtime settings, each timed
     on its own as a deployed network runs, as `hwnas export` times it."""
     from hwnas.latency.networks import input_shape
-    from hwnas.latency.validate import network_calls
     from profilers import measure as timing
 
     with tempfile.TemporaryDirectory(prefix="hwnas-time-") as tmp:
-        calls, prepare = network_calls(networks, input_shape(space, table.batch), "onnxruntime",
-                                       int(table.meta["threads"]), Path(tmp))
+        calls, prepare = table_runtime(table).network_calls(networks, input_shape(space, table.batch),
+                                                            int(table.meta["threads"]), Path(tmp))
         results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
                                        runs=max(int(table.meta.get("runs", 50)), min_runs), prepare=prepare)
     return {name: float(stats[table.estimator]) for name, stats in results.items()}
@@ -65,7 +66,7 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
     from hwnas.latency.keys import space_keys
     from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks
 
-    table.check_for(space.name, space_keys(space, table.batch), runtime="onnxruntime")
+    table.check_for(space.name, space_keys(space, table.batch))
     networks = calibration_networks(space, table.batch)[:CALIBRATION_NETWORKS]
     predicted = {f"network:{i}": table.predict_names(ops) for i, (ops, _) in enumerate(networks)}
     if not quiet:
@@ -88,14 +89,12 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
 
 def check_command(table_path: str, space_name: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """`hwnas lut check`: the host comparison and, on a like host, the calibration-network check."""
-    import onnxruntime
-
     from hwnas.latency.table import load_table
     from hwnas.spaces.definition import load_space
 
     table = load_table(table_path)
     space = load_space(space_name or table.space)
-    same, differs = same_host(table, onnxruntime.__version__)
+    same, differs = same_host(table)
     report: dict[str, Any] = {"command": "lut check", "table": table.source, "space": space.name,
                               "same_host": same, "differs": differs}
     return {**report, **check_table(table, space, quiet)}
@@ -104,16 +103,16 @@ def check_command(table_path: str, space_name: str | None = None, quiet: bool = 
 def check_before_search(table_path: str) -> dict[str, Any]:
     """Before a search uses a table: on a host like the one it was profiled on, time its calibration
     networks and warn when they disagree; a table of another device is that device's, not checked here."""
-    import onnxruntime
-
     from hwnas.config import resolve_path
     from hwnas.latency.table import load_table
+    from hwnas.runtimes.base import RuntimeMissing
     from hwnas.spaces.definition import load_space, parse_space
 
     table = load_table(resolve_path(table_path))
-    if table.meta.get("runtime") != "onnxruntime":
-        return {"checked": False, "differs": [f"runtime {table.meta.get('runtime')}: checked with onnxruntime only"]}
-    same, differs = same_host(table, onnxruntime.__version__)
+    try:
+        same, differs = same_host(table)
+    except RuntimeMissing as exc:
+        return {"checked": False, "differs": [str(exc)]}
     if not same:
         return {"checked": False, "differs": differs}
     definition = table.meta.get("space_definition")

@@ -1,4 +1,4 @@
-"""Profiling kits (one small ONNX model per latency key), ingesting a runner's results into a table,
+"""Profiling kits (one small model per latency key, in one runtime's format), ingesting a runner's results into a table,
 and the one-step local form that does both on this machine.
 
 A kit is a folder: `manifest.json` (space, its definition and key fingerprint, batch, opset, and one
@@ -19,7 +19,6 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,16 +32,16 @@ import hwnas
 from hwnas.config import format_validation_error
 from hwnas.errors import HwnasError, LatencyError
 from hwnas.files import read_json
-from hwnas.latency.keys import OpKey, build_op, space_keys
+from hwnas.latency.keys import build_op, space_keys
 from hwnas.latency.networks import arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import DEFAULT_ESTIMATOR, LatencyTable, fingerprint, make_table, save_table
 from hwnas.spaces.definition import CellSpace, RoutingSpace, parse_space
+from hwnas.runtimes import FileRuntime, Runtime, get_runtime
 from profilers import measure as timing
-from profilers.ort_runner import KIT_FORMAT, KitError, run_kit
+from profilers.runner import KIT_FORMAT
 
 log = logging.getLogger(__name__)
 
-OPSET = 17
 CALIBRATION_KEY = "call_overhead"
 CALIBRATION_NETWORKS = 8
 CALIBRATION_SEED = 1000  # `hwnas lut validate` samples its networks with other seeds
@@ -52,27 +51,22 @@ CALIBRATION_SEED = 1000  # `hwnas lut validate` samples its networks with other 
 MAX_LOAD = float(os.environ.get("HWNAS_MAX_PROFILE_LOAD", "0.5"))
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, dynamic_batch: bool = False) -> None:
-    """Export in eval mode with the TorchScript exporter: fast (about 0.1 s for an op) and it folds BN."""
-    module = module.eval()
-    dynamic = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.randn(*input_shape),), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["input"], output_names=["output"], dynamic_axes=dynamic,
-                          do_constant_folding=True)
-
-
 def _fresh_dir(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HwnasError(f"{out} exists and is not empty; choose another --out or remove it")
 
 
-def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1,
+def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, runtime: Runtime | str = "ort",
               progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Export one model per latency key of `space` into `out` (written whole, then moved into place)."""
+    """Write one model per latency key of `space` in `runtime`'s format into `out` (written whole, then
+    moved into place)."""
     out = Path(out)
     _fresh_dir(out)
+    runtime = get_runtime(runtime) if isinstance(runtime, str) else runtime
+    if not isinstance(runtime, FileRuntime):
+        raise HwnasError(f"the {runtime.name} runtime has no model files to put in a kit: profile here with "
+                         f"`hwnas profile --runtime {runtime.name}`, or run profilers/torch_runner.py on any kit")
+    runtime.version()  # refused before anything is written when the runtime is not installed
     if batch < 1:
         raise HwnasError(f"--batch must be at least 1, got {batch}")
     keys = space_keys(space, batch)
@@ -81,22 +75,24 @@ def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1,
         (staging / "models").mkdir()
         entries = []
         for i, key in enumerate(keys):
-            file = f"models/{i:04d}_{key.op}.onnx"
-            export_onnx(build_op(key), key.input_shape, staging / file)
+            file = f"models/{i:04d}_{key.op}{runtime.suffix}"
+            runtime.save(build_op(key), key.input_shape, staging / file)
             entries.append({"key": key.name, "file": file, "input_shape": list(key.input_shape)})
             if progress:
                 progress(i + 1, len(keys))
-        calibration = {"key": CALIBRATION_KEY, "file": "models/calibration.onnx", "input_shape": [batch, 1, 1, 1]}
-        export_onnx(nn.ReLU(), (batch, 1, 1, 1), staging / calibration["file"])
+        calibration = {"key": CALIBRATION_KEY, "file": f"models/calibration{runtime.suffix}",
+                       "input_shape": [batch, 1, 1, 1]}
+        runtime.save(nn.ReLU(), (batch, 1, 1, 1), staging / calibration["file"])
         (staging / "networks").mkdir()
         networks = []
         for i, (ops, model) in enumerate(calibration_networks(space, batch)):
-            networks.append({"key": f"network:{i}", "file": f"networks/{i}.onnx",
+            networks.append({"key": f"network:{i}", "file": f"networks/{i}{runtime.suffix}",
                              "input_shape": list(input_shape(space, batch)), "ops": ops})
-            export_onnx(model, input_shape(space, batch), staging / networks[-1]["file"])
+            runtime.save(model, input_shape(space, batch), staging / networks[-1]["file"])
         manifest = {
             "format": KIT_FORMAT, "space": space.name, "space_definition": space.model_dump(mode="json"),
-            "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32", "opset": OPSET,
+            "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32", "opset": runtime.opset,
+            "runtime": runtime.table_name, "runtime_version": runtime.version(),
             "hwnas_version": hwnas.__version__, "torch_version": torch.__version__,
             "entries": entries, "calibration": calibration, "networks": networks,
         }
@@ -146,7 +142,7 @@ def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
         raise LatencyError(f"{path}: cannot read the runner's results ({str(exc).splitlines()[0]})") from None
     needed = ["key", *timing.RESULT_COLUMNS[1:7]]
     if not isinstance(description, dict) or "kit" not in description or any(c not in results for c in needed):
-        raise LatencyError(f"{path}: not the output of profilers/ort_runner.py or torch_runner.py "
+        raise LatencyError(f"{path}: not the output of a kit runner (profilers/*_runner.py) "
                            f"(needs columns {', '.join(needed)} and a description with the kit)")
     try:
         RunnerDescription.model_validate(description)
@@ -256,107 +252,31 @@ def progress_bar(desc: str, quiet: bool):
     return bar, update
 
 
-def torch_calls(keys: list[OpKey], device: str, threads: int | None,
-                networks: list[tuple[nn.Module, tuple[int, ...]]] | None = None) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
-    """Eager PyTorch calls, one per key (on CUDA each call synchronises so the timer sees the kernels),
-    and on CPU a preparation per key that reads its input, as profilers/ort_runner.py does."""
-    if threads:
-        torch.set_num_threads(threads)
-    dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    calls, prepare = {}, {}
-    generator = torch.Generator().manual_seed(0)
-    modules = [(key.name, build_op(key), key.input_shape) for key in keys]
-    modules.append((CALIBRATION_KEY, nn.ReLU(), (keys[0].batch, 1, 1, 1)))
-    modules += [(f"network:{i}", model, shape) for i, (model, shape) in enumerate(networks or [])]
-    for name, module, shape in modules:
-        module = module.eval().to(dev)
-        x = torch.randn(*shape, generator=generator).to(dev)
-
-        def call(module=module, x=x) -> None:
-            with torch.inference_mode():
-                module(x)
-            sync()
-
-        calls[name] = call
-        if dev.type == "cpu":
-            prepare[name] = x.sum
-    return calls, prepare
-
-
-def profile(space: RoutingSpace | CellSpace, out: str | Path, backend: str = "ort", name: str | None = None,
+def profile(space: RoutingSpace | CellSpace, out: str | Path, runtime: Runtime | str = "ort", name: str | None = None,
             threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu",
             quiet: bool = False, allow_busy: bool = False) -> dict[str, Any]:
-    """Profile every key of `space` on this machine and write the table: the kit and runner in one step."""
+    """Profile every key of `space` on this machine in `runtime` and write the table: kit and runner in one step."""
+    runtime = get_runtime(runtime) if isinstance(runtime, str) else runtime
     out = Path(out).with_suffix(".csv")
     for path in (out, out.with_suffix(".json")):
         if path.exists():
             raise HwnasError(f"{path} exists; choose another --out or remove it")
+    runtime.version()
+    runtime.check_device(device)
     load = timing.describe_device()["load_average_1min"]
     if load is not None and load > MAX_LOAD and not allow_busy:
         raise LatencyError(f"this machine's load average is {load} (more than {MAX_LOAD}): something else is "
                            "running, and the table's latencies would be too high; profile when it is quiet "
                            "(or pass --allow-busy to keep such a table)")
-    if backend not in ("ort", "torch"):
-        raise HwnasError(f"--backend must be ort or torch, got {backend!r}")
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
         results_csv = Path(tmp) / "results.csv"
-        if backend == "ort":
-            bar, update = progress_bar("exporting kit", quiet)
-            with bar:
-                build_kit(space, Path(tmp) / "kit", batch, progress=update)
-            bar, update = progress_bar("measuring", quiet)
-            with bar:
-                try:
-                    run_kit(Path(tmp) / "kit", results_csv, threads, warmup, runs, progress=update)
-                except KitError as exc:
-                    raise HwnasError(str(exc)) from None
-        else:
-            bar, update = progress_bar("measuring (torch)", quiet)
-            with bar:
-                torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)
-        # the load was checked before the kit was exported: the runner's reading now includes that
-        # export, our own work, so it is not checked again
+        runtime.profile_here(space, results_csv, threads, batch, warmup, runs, None, device, quiet)
+        # the load was checked before the kit was written: the runner's reading now includes that
+        # work, our own, so it is not checked again
         table = ingest(results_csv, out, name, allow_busy=True)
         table.meta["device"]["load_average_before_kit"] = load
     table.meta["seconds"] = round(time.time() - start, 1)
     save_table(table, out)
-    return {"table": str(out), "keys": len(table), "seconds": table.meta["seconds"],
+    return {"table": str(out), "keys": len(table), "seconds": table.meta["seconds"], "runtime": runtime.name,
             "unstable_keys": table.meta.get("unstable_keys", []), "call_overhead_ms": table.overhead_ms}
-
-
-def torch_profile(space: RoutingSpace | CellSpace, results_csv: Path, device: str = "cpu", threads: int | None = 1,
-                  batch: int = 1, warmup: int = 10, runs: int = 100,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Time every key of `space` in eager PyTorch; write what profilers/ort_runner.py writes."""
-    keys = space_keys(space, batch)
-    device_info = timing.describe_device()  # before measuring: the load average then is the device's own, not ours
-    networks = calibration_networks(space, batch)
-    calls, prepare = torch_calls(keys, device, threads, [(model, input_shape(space, batch)) for _, model in networks])
-    names = {f"network:{i}" for i in range(len(networks))}
-    results = timing.measure({k: c for k, c in calls.items() if k not in names}, warmup, runs, progress=progress,
-                             prepare=prepare)
-    results.update(timing.measure_alone({k: calls[k] for k in calls if k in names}, warmup, runs, prepare=prepare))
-    timing.write_results(results_csv, results)
-    description = torch_description(space, keys, batch, device, threads, warmup, runs, results, device_info)
-    description["networks"] = [{"key": f"network:{i}", "ops": ops} for i, (ops, _) in enumerate(networks)]
-    results_csv.with_suffix(".json").write_text(json.dumps(description, indent=2) + "\n")
-    return description
-
-
-def torch_description(space: RoutingSpace | CellSpace, keys: list[OpKey], batch: int, device: str, threads: int | None,
-                      warmup: int, runs: int, results: dict[str, dict[str, float]],
-                      device_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    dev = torch.device(device)
-    return {
-        "kit": {"space": space.name, "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32",
-                "opset": None, "hwnas_version": hwnas.__version__},
-        "space_definition": space.model_dump(mode="json"), "calibration_key": CALIBRATION_KEY,
-        "device": {**(device_info or timing.describe_device()),
-                   **({"gpu_model": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
-        "runtime": "torch", "runtime_version": torch.__version__, "provider": dev.type,
-        "threads": threads or torch.get_num_threads(), "warmup": warmup, "runs": runs,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "unstable_keys": [k for k, s in results.items() if not s["stable"]],
-    }

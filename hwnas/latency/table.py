@@ -44,8 +44,21 @@ def fingerprint(keys: Iterable[OpKey]) -> str:
     return hashlib.sha256("\n".join(sorted(k.name for k in keys)).encode()).hexdigest()[:16]
 
 
+def table_runtime(table: "LatencyTable"):
+    """The runtime (hwnas/runtimes) the table was measured with."""
+    from hwnas.runtimes import get_runtime
+
+    try:
+        return get_runtime(str(table.meta.get("runtime")))
+    except LatencyError:
+        raise
+    except Exception:
+        raise LatencyError(f"{table.source} was measured with {table.meta.get('runtime')!r}, a runtime hwnas does not "
+                           "know; profile it again with `hwnas profile --runtime ...`") from None
+
+
 def profile_hint(space: str, batch: int) -> str:
-    return (f"profile it with `hwnas profile --space {space} --backend ort --name DEVICE"
+    return (f"profile it with `hwnas profile --space {space} --runtime ort --name DEVICE"
             f"{f' --batch {batch}' if batch != 1 else ''} --out latency_tables/DEVICE/{space}.csv`")
 
 
@@ -183,7 +196,7 @@ def load_table(path: str | Path) -> LatencyTable:
     meta_path = path.with_suffix(".json")
     if not path.is_file():
         raise LatencyError(f"latency table {path} not found; make one with `hwnas profile --space SPACE "
-                           "--backend ort --name DEVICE --out TABLE.csv`")
+                           "--runtime ort --name DEVICE --out TABLE.csv`")
     if not meta_path.is_file():
         raise LatencyError(f"{path} has no metadata file {meta_path.name} beside it; re-ingest the results "
                            "with `hwnas profile ingest`")

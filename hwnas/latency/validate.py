@@ -11,17 +11,16 @@ from __future__ import annotations
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
-from torch import nn
 
-from hwnas.errors import HwnasError, LatencyError
+from hwnas.errors import HwnasError
 from hwnas.latency.keys import space_keys
 from hwnas.latency.networks import Arch, arch_keys, build_network, input_shape, sample_arch
-from hwnas.latency.table import LatencyTable, load_table
+from hwnas.latency.table import LatencyTable, load_table, table_runtime
 from hwnas.models import load_arch
 from hwnas.kinds import kind_of
 from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
@@ -37,34 +36,6 @@ def predict(table: LatencyTable, space: RoutingSpace | CellSpace, arch: Arch) ->
         breakdown[part] = breakdown.get(part, 0.0) + table.op_ms(key)
     return {"predicted_ms": table.predict(k for _, k in parts), "call_overhead_ms": table.overhead_ms,
             "breakdown_ms": breakdown, "table": table.source, "estimator": table.estimator}
-
-
-def network_calls(networks: dict[str, nn.Module], shape: tuple[int, ...], runtime: str, threads: int,
-                  workdir: Path) -> tuple[dict[str, Callable[[], object]], dict[str, Callable[[], object]]]:
-    """One timed call per network (an ONNX Runtime session on its exported model, or eager PyTorch), and
-    the untimed preparation before each: reading the input, as profilers/ort_runner.py does for ops."""
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    prepare = {name: x.sum for name in networks}
-    if runtime == "torch":
-        torch.set_num_threads(threads)
-        tensor = torch.from_numpy(x)
-
-        def eager(model: nn.Module) -> Callable[[], object]:
-            def call() -> None:
-                with torch.inference_mode():
-                    model(tensor)
-            return call
-
-        return {name: eager(model) for name, model in networks.items()}, prepare
-    from hwnas.latency.kit import export_onnx
-    from profilers.ort_runner import bound_call, open_session
-
-    calls = {}
-    for name, model in networks.items():
-        path = workdir / f"{name}.onnx"
-        export_onnx(model, shape, path)
-        calls[name] = bound_call(open_session(path, threads), x)
-    return calls, prepare
 
 
 def agreement(predicted: list[float], measured: list[float]) -> dict[str, float]:
@@ -87,11 +58,8 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
     table = load_table(table_path)
     space = load_space(space_name)
     table.check_for(space.name, space_keys(space, table.batch))
-    runtime = str(table.meta.get("runtime"))
-    if runtime not in ("onnxruntime", "torch"):
-        raise LatencyError(f"{table.source} was measured with {runtime}; validation runs onnxruntime or torch")
-    if runtime == "torch" and table.meta.get("provider", "cpu") != "cpu":
-        raise LatencyError(f"{table.source} was measured on {table.meta.get('provider')}; validate it on that device")
+    runtime = table_runtime(table)
+    runtime.version()
     rng = random.Random(seed)
     archs = {f"arch{i:03d}": sample_arch(space, rng) for i in range(samples)}
     predicted = {name: predict(table, space, arch)["predicted_ms"] for name, arch in archs.items()}
@@ -101,7 +69,7 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
 
     with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
         networks = {name: build_network(space, arch) for name, arch in archs.items()}
-        calls, prepare = network_calls(networks, shape, runtime, int(table.meta["threads"]), Path(tmp))
+        calls, prepare = runtime.network_calls(networks, shape, int(table.meta["threads"]), Path(tmp))
         bar, update = progress_bar("measuring networks", quiet)
         with bar:
             # each network on its own, as a deployed network runs and as the table's calibration networks were timed
@@ -111,7 +79,7 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
     names = list(archs)
     report = {
         "table": table.source, "space": space.name, "samples": samples, "seed": seed, "estimator": table.estimator,
-        "runtime": runtime, "threads": int(table.meta["threads"]), "call_overhead_ms": table.overhead_ms,
+        "runtime": runtime.name, "threads": int(table.meta["threads"]), "call_overhead_ms": table.overhead_ms,
         **agreement([predicted[n] for n in names], [measured[n] for n in names]),
         "networks": [{"name": n, "predicted_ms": predicted[n], "measured_ms": measured[n],
                       "measured_median_ms": results[n]["median_ms"], "stable": results[n]["stable"],
@@ -121,7 +89,7 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
         from hwnas.plots import plot_predicted_vs_measured
 
         plot_predicted_vs_measured([predicted[n] for n in names], [measured[n] for n in names], Path(plot),
-                                   f"{space.name}: {samples} random networks ({runtime}, {report['threads']} thread)")
+                                   f"{space.name}: {samples} random networks ({runtime.name}, {report['threads']} thread)")
         report["plot"] = str(plot)
     return report
 

@@ -1,0 +1,141 @@
+"""The one interface every runtime implements (the device-side half lives in profilers/, which needs
+only the runtime's own package; this half adds what needs torch and hwnas: turning a module into the
+runtime's file, and timing networks and kits on this machine with the profilers' protocol)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from torch import nn
+
+from hwnas.errors import HwnasError
+
+Calls = dict[str, Callable[[], object]]
+
+
+class RuntimeMissing(HwnasError):
+    pass
+
+
+class Runtime(ABC):
+    name: str  # as the user types it
+    table_name: str  # as tables and kits record it
+    extra: str | None = None  # the pip extra that installs it, when not a core dependency
+    # how its outputs may differ from PyTorch's: absolute, scaled by max(1, largest |output|)
+    tolerance: float = 1e-4
+
+    @abstractmethod
+    def version(self) -> str:
+        """The runtime's version; RuntimeMissing (with the install command) when it is not installed."""
+
+    @abstractmethod
+    def describe(self, threads: int) -> dict[str, Any]:
+        """What a table records of the runtime besides name and version (provider or delegate, threads)."""
+
+    @abstractmethod
+    def network_calls(self, networks: dict[str, nn.Module], shape: tuple[int, ...], threads: int,
+                      workdir: Path) -> tuple[Calls, Calls]:
+        """One timed call per network in this runtime and the untimed preparation before each (reading the
+        input, as the kit runners do for ops)."""
+
+    @abstractmethod
+    def profile_here(self, space, results_csv: Path, threads: int, batch: int, warmup: int, runs: int,
+                     progress: Callable[[int, int], None] | None, device: str, quiet: bool) -> dict[str, Any]:
+        """Time every key of `space` (and the calibration models) on this machine; write what the
+        device-side runners write (results CSV and its description)."""
+
+    def check_device(self, device: str) -> None:
+        if device != "cpu":
+            raise HwnasError(f"--device {device}: the {self.name} runtime runs on this machine's CPU; "
+                             "--device is for the torch runtime")
+
+    def _require(self, module: str, package: str) -> None:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            hint = f"pip install -e '.[{self.extra}]'" if self.extra else f"pip install {package}"
+            raise RuntimeMissing(f"the {self.name} runtime needs {package}, which is not installed: {hint}") from None
+
+
+class FileRuntime(Runtime):
+    """A runtime that runs files (`.onnx`, `.pte`, `.tflite`): the device-side runner in profilers/
+    loads and times them; this half writes them."""
+
+    suffix: str
+    device: Any  # the runner's runtime object (profilers/runner.py describes it)
+
+    @abstractmethod
+    def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+        """Write the eval-mode `module`, for inputs of `input_shape`, as this runtime's file."""
+
+    def version(self) -> str:
+        from profilers.runner import KitError
+
+        try:
+            return self.device.version()
+        except KitError as exc:
+            hint = f"pip install -e '.[{self.extra}]'" if self.extra else str(exc)
+            raise RuntimeMissing(f"the {self.name} runtime is not installed: {hint}") from None
+
+    def describe(self, threads: int) -> dict[str, Any]:
+        return self.device.describe(threads)
+
+    def load(self, path: Path, threads: int):
+        """The runner's loaded model: `run(x) -> y`, `bound(x) -> call`."""
+        return self.device.load(path, threads)
+
+    def network_calls(self, networks: dict[str, nn.Module], shape: tuple[int, ...], threads: int,
+                      workdir: Path) -> tuple[Calls, Calls]:
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        calls = {}
+        for name, model in networks.items():
+            path = workdir / f"{name}{self.suffix}"
+            self.save(model, shape, path)
+            calls[name] = self.load(path, threads).bound(x)
+        return calls, {name: x.sum for name in networks}
+
+    def profile_here(self, space, results_csv: Path, threads: int, batch: int, warmup: int, runs: int,
+                     progress: Callable[[int, int], None] | None, device: str, quiet: bool) -> dict[str, Any]:
+        from hwnas.latency.kit import build_kit, progress_bar
+        from profilers.runner import KitError, run_kit
+
+        self.check_device(device)
+        kit_dir = results_csv.parent / "kit"
+        bar, update = progress_bar(f"writing {self.name} kit", quiet)
+        with bar:
+            build_kit(space, kit_dir, batch, self, progress=update)
+        bar, update = progress_bar("measuring", quiet)
+        with bar:
+            try:
+                return run_kit(self.device, kit_dir, results_csv, threads, warmup, runs, progress=update)
+            except KitError as exc:
+                raise HwnasError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def native_output_silenced() -> Iterator[None]:
+    """Converters log from C++ straight to the process's stdout and stderr; the report says what matters.
+    An exception still reaches the caller (only the file descriptors are redirected)."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)

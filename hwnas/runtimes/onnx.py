@@ -1,0 +1,36 @@
+"""ONNX Runtime: `.onnx` files exported with the TorchScript exporter, timed by profilers/ort_runner.py."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from hwnas.runtimes.base import FileRuntime
+from profilers import ort_runner
+
+OPSET = 17
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, dynamic_batch: bool = False) -> None:
+    """Export in eval mode with the TorchScript exporter: fast (about 0.1 s for an op) and it folds BN."""
+    module = module.eval()
+    dynamic = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.randn(*input_shape),), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["input"], output_names=["output"], dynamic_axes=dynamic,
+                          do_constant_folding=True)
+
+
+class OnnxRuntime(FileRuntime):
+    name = "ort"
+    table_name = "onnxruntime"
+    suffix = ".onnx"
+    device = ort_runner.RUNTIME
+    opset = OPSET
+
+    def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+        export_onnx(module, input_shape, path)

@@ -103,7 +103,7 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
 
     return export(args.arch, args.out, weights=args.weights, dataset=args.dataset, table=args.table,
                   ort_format=args.ort, quantize=args.quantize, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                  threads=args.threads, runs=args.runs, data_root=args.data_root)
+                  threads=args.threads, runs=args.runs, data_root=args.data_root, formats=args.format or ())
 
 
 def _show_export(r: dict[str, Any]) -> None:
@@ -120,6 +120,14 @@ def _show_export(r: dict[str, Any]) -> None:
     print(line)
     if "ort" in r:
         print(f"  mobile format: {r['ort']['path']}")
+    for other in r.get("runtimes", {}).values():
+        checks = ", ".join(f"{name} {c['max_abs_diff']:.2e}" for name, c in other["parity"].items())
+        lat = other["latency"]
+        line = (f"  {other['path']} ({other['runtime']} {other['runtime_version']}): max |diff| from PyTorch {checks}; "
+                f"{lat['measured_ms']:.3f} ms measured ({lat['threads']} thread)")
+        if "predicted_ms" in lat:
+            line += f", {lat['predicted_ms']:.3f} ms predicted ({lat['error_pct']:+.1f}%)"
+        print(line)
     if "int8" in r:
         q = r["int8"]
         print(f"  int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} test "
@@ -324,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write (.ort and .int8.onnx go beside it)")
     p.add_argument("--table", help="latency table: print its prediction beside the measured latency")
     p.add_argument("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort)")
+    p.add_argument("--format", nargs="+", choices=["onnx", "ort", "pte", "tflite"],
+                   help="files to write beside the .onnx (always written): ort (ONNX Runtime mobile), pte "
+                        "(ExecuTorch XNNPACK), tflite (LiteRT); each checked against PyTorch and timed in its runtime")
     p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model")
     p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: fixed --batch)")
     p.add_argument("--batch", type=_count(MAX_BATCH), default=1)

@@ -18,7 +18,7 @@ import io
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
@@ -31,11 +31,12 @@ from hwnas.runtimes.onnx import OPSET, export_onnx
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters, load_arch
 from hwnas.kinds import kind_of
 from hwnas.train import arch_text, build_from_weights, load_weights
+from hwnas.runtimes import get_runtime
+from hwnas.runtimes.parity import outputs_in_batches, parity, with_outputs_of_order_one
 from profilers.ort_runner import open_session
 
 log = logging.getLogger("hwnas.export")
 
-TOLERANCE = 1e-4
 REAL_IMAGES = 64  # real test images for the parity check
 CALIBRATION_IMAGES = 256  # real training images for int8 calibration
 EVAL_IMAGES = 2000  # test images for the int8 accuracy comparison (all when fewer)
@@ -48,6 +49,22 @@ DEFAULT_RECIPES = {"cifar10": "cifar10", "imagenet": "imagenet_mobile", "digits"
 
 class ExportError(HwnasError):
     pass
+
+
+def _formats() -> dict[str, str]:
+    from hwnas.runtimes import RUNTIMES, FileRuntime
+
+    found = {r.suffix.lstrip("."): r.name for r in RUNTIMES.values() if isinstance(r, FileRuntime)}
+    return {**found, "ort": "ort"}  # .ort: ONNX Runtime's mobile form of the .onnx
+
+
+FORMATS = _formats()  # export format -> the runtime that runs it
+
+
+def format_runtime(fmt: str):
+    if fmt not in FORMATS:
+        raise HwnasError(f"--format {fmt}: hwnas exports {', '.join(FORMATS)}")
+    return get_runtime(FORMATS[fmt])
 
 
 def _recipe_model(dataset: str) -> ModelConfig:
@@ -76,7 +93,9 @@ def resolve_network(arch: str | None, weights: str | None, dataset: str | None) 
     channels, size = kind_of(architecture).input_shape(architecture) or (channels, size)
     torch.manual_seed(0)
     model_cfg = _recipe_model(dataset)
-    return {"arch": architecture, "model": build_model(architecture, model_cfg, classes, channels),
+    model = with_outputs_of_order_one(build_model(architecture, model_cfg, classes, channels).eval(),
+                                      (1, channels, size, size))
+    return {"arch": architecture, "model": model,
             "dataset": dataset, "model_cfg": model_cfg, "channels": channels, "size": size, "trained": False}
 
 
@@ -94,32 +113,9 @@ def real_images(dataset: str, channels: int, size: int, split: str, count: int,
     return torch.cat(x).numpy(), torch.cat(y).numpy()
 
 
-def _ort_outputs(session, x: np.ndarray, batch: int | None) -> np.ndarray:
-    """Outputs for all of `x`, fed in chunks of the model's fixed batch (or whole when dynamic)."""
-    name = session.get_inputs()[0].name
-    step = batch or len(x)
-    chunks = [session.run(None, {name: x[i:i + step]})[0] for i in range(0, len(x) - len(x) % step, step)]
-    return np.concatenate(chunks)
-
-
-@torch.no_grad()
-def _torch_outputs(model: nn.Module, x: np.ndarray) -> np.ndarray:
-    return model(torch.from_numpy(x)).numpy()
-
-
-def parity(session, model: nn.Module, x: np.ndarray, batch: int | None, name: str) -> dict[str, Any]:
-    """ONNX Runtime against PyTorch on `x` (whole batches only): max absolute difference, the tolerance
-    it is held to, and top-1 agreement. Raises ExportError when the difference exceeds the tolerance."""
-    usable = len(x) - len(x) % (batch or len(x))
-    ort_out = _ort_outputs(session, x[:usable], batch)
-    torch_out = _torch_outputs(model, x[:usable])
-    diff = float(np.abs(ort_out - torch_out).max())
-    tolerance = TOLERANCE * max(1.0, float(np.abs(torch_out).max()))
-    if not diff <= tolerance:
-        raise ExportError(f"ONNX Runtime and PyTorch disagree on {name} inputs: max abs difference {diff:.3g} > "
-                          f"{tolerance:.3g}; the export is not faithful (report this with the architecture)")
-    return {"max_abs_diff": diff, "tolerance": tolerance, "images": usable,
-            "top1_agreement": float((ort_out.argmax(axis=1) == torch_out.argmax(axis=1)).mean())}
+def ort_parity(session, model: nn.Module, x: np.ndarray, batch: int | None, name: str) -> dict[str, Any]:
+    run = (lambda chunk: session.run(None, {session.get_inputs()[0].name: chunk})[0])
+    return parity(run, model, x, batch, f"ONNX Runtime on {name} inputs")
 
 
 def _writable(out: Path) -> None:
@@ -133,17 +129,34 @@ def _writable(out: Path) -> None:
         raise HwnasError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
-def measure_latency(paths: dict[str, Path], shape: tuple[int, ...], threads: int, warmup: int, runs: int,
+def measure_latency(runtime, paths: dict[str, Path], shape: tuple[int, ...], threads: int, warmup: int, runs: int,
                     estimator: str = "p10_ms") -> dict[str, dict[str, float]]:
-    """End-to-end latency of each ONNX file, measured as profilers/ort_runner.py measures a table's ops."""
+    """End-to-end latency of each of `runtime`'s files, measured as its kit runner measures a table's ops."""
     from profilers import measure as timing
-    from profilers.ort_runner import bound_call
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    calls = {name: bound_call(open_session(path, threads), x) for name, path in paths.items()}
+    calls = {name: runtime.load(path, threads).bound(x) for name, path in paths.items()}
     results = timing.measure(calls, warmup=warmup, runs=runs, prepare={name: x.sum for name in paths})
     return {name: {"measured_ms": r[estimator], "median_ms": r["median_ms"], "cv": r["cv"], "stable": r["stable"]}
             for name, r in results.items()}
+
+
+def timing_settings(prediction: dict[str, Any] | None, threads: int, runs: int) -> dict[str, Any]:
+    """Measured as the table was made (its threads and statistic), else as `hwnas profile` defaults; at
+    least `runs` timed runs: one network has no neighbours to interleave with, so a longer window is what
+    lets the 10th percentile find the machine's quiet moments."""
+    if prediction:
+        return {"threads": prediction["threads"], "warmup": prediction["warmup"],
+                "runs": max(runs, prediction["runs"]), "estimator": prediction["estimator"]}
+    return {"threads": threads, "warmup": 10, "runs": runs, "estimator": "p10_ms"}
+
+
+def with_prediction(latency: dict[str, Any], prediction: dict[str, Any] | None) -> dict[str, Any]:
+    if prediction:
+        latency.update(predicted_ms=prediction["predicted_ms"], table=prediction["table"],
+                       breakdown_ms=prediction["breakdown_ms"],
+                       error_pct=100 * (prediction["predicted_ms"] / latency["measured_ms"] - 1))
+    return latency
 
 
 def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -> dict[str, Any]:
@@ -151,9 +164,11 @@ def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -
     from hwnas.latency.table import load_table
     from hwnas.latency.validate import predict
 
+    from hwnas.latency.table import table_runtime
+
     table = load_table(table_path)
     space = kind_of(arch).table_space(arch, table, model_cfg, size)
-    return {**predict(table, space, arch), "threads": int(table.meta["threads"]),
+    return {**predict(table, space, arch), "runtime": table_runtime(table).name, "threads": int(table.meta["threads"]),
             "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
 
 
@@ -221,23 +236,36 @@ def quantize_int8(onnx_path: Path, out: Path, calibration: np.ndarray) -> None:
 def export(arch: str | None, out: str | Path, weights: str | None = None, dataset: str | None = None,
            table: str | None = None, ort_format: bool = False, quantize: str | None = None,
            dynamic_batch: bool = False, batch: int = 1, threads: int = 1, runs: int = 300,
-           data_root: str | None = None) -> dict[str, Any]:
-    """Export, check and measure; returns the report. On any failure the files it made are removed."""
+           data_root: str | None = None, formats: Sequence[str] = ()) -> dict[str, Any]:
+    """Export, check and measure; returns the report. On any failure the files it made are removed.
+    The `.onnx` is always written; `formats` adds other runtimes' files beside it (`pte`, `tflite`)."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise HwnasError(f"--out {out}: expected a file name ending in .onnx")
     if batch < 1 or threads < 1 or runs < 1:
         raise HwnasError(f"--batch, --threads and --runs must be at least 1 (got {batch}, {threads}, {runs})")
+    runtimes = {fmt: format_runtime(fmt) for fmt in dict.fromkeys(formats) if fmt not in ("onnx", "ort")}
+    ort_format = ort_format or "ort" in formats
+    if dynamic_batch and runtimes:
+        raise HwnasError(f"--dynamic-batch: {', '.join(runtimes)} files take a fixed batch; leave one of them out")
+    for runtime in runtimes.values():
+        runtime.version()  # refused before anything is built when a runtime is not installed
     net = resolve_network(arch, weights, dataset)
     prediction = table_prediction(table, net["arch"], net["model_cfg"], net["size"]) if table else None
+    if prediction and prediction["runtime"] not in ("ort", *(r.name for r in runtimes.values())):
+        wanted = [fmt for fmt, r in FORMATS.items() if r == prediction["runtime"]]
+        raise HwnasError(f"--table {table} was measured with {prediction['runtime']}, so it predicts "
+                         + (f"its .{wanted[0]} files: add --format {wanted[0]}" if wanted else
+                            "no exported file; give a table of the runtime you export to"))
     files = {"onnx": out, "ort": out.with_suffix(".ort") if ort_format else None,
-             "int8": out.with_suffix(".int8.onnx") if quantize else None}
+             "int8": out.with_suffix(".int8.onnx") if quantize else None,
+             **{fmt: out.with_suffix(runtime.suffix) for fmt, runtime in runtimes.items()}}
     made = [path for path in files.values() if path]
     for path in made:
         _writable(path)
     try:
-        return _export(net, (batch, net["channels"], net["size"], net["size"]), files, prediction, dynamic_batch,
-                       threads, runs, data_root)
+        return _export(net, (batch, net["channels"], net["size"], net["size"]), files, runtimes, prediction,
+                       dynamic_batch, threads, runs, data_root)
     except BaseException:
         for path in made:  # nothing half-made is left behind
             path.unlink(missing_ok=True)
@@ -245,7 +273,7 @@ def export(arch: str | None, out: str | Path, weights: str | None = None, datase
 
 
 def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[str, Path | None],
-            prediction: dict[str, Any] | None, dynamic_batch: bool, threads: int, runs: int,
+            runtimes: dict[str, Any], prediction: dict[str, Any] | None, dynamic_batch: bool, threads: int, runs: int,
             data_root: str | None) -> dict[str, Any]:
     model, architecture, out = net["model"].eval(), net["arch"], files["onnx"]
     batch = shape[0]
@@ -254,10 +282,10 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
     session = open_session(out, threads)
     fixed = None if dynamic_batch else batch
     random_x = np.random.default_rng(1).standard_normal((max(batch, 4) // batch * batch, *shape[1:])).astype(np.float32)
-    checks: dict[str, Any] = {"random": parity(session, model, random_x, fixed, "random")}
+    checks: dict[str, Any] = {"random": ort_parity(session, model, random_x, fixed, "random")}
     try:
         images, _ = real_images(net["dataset"], shape[1], shape[2], "test", REAL_IMAGES, data_root)
-        checks["real"] = parity(session, model, images, fixed, "real")
+        checks["real"] = ort_parity(session, model, images, fixed, "real")
     except DataError as exc:
         images = None
         checks["real"] = f"skipped: {exc}"
@@ -271,7 +299,7 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
     }
     if files["ort"]:
         report["ort"] = mobile_format(out, files["ort"])
-        report["ort"]["parity"] = parity(open_session(files["ort"], threads), model, random_x, fixed, "random (.ort)")
+        report["ort"]["parity"] = ort_parity(open_session(files["ort"], threads), model, random_x, fixed, "random (.ort)")
     timed = {"fp32": out}
     if files["int8"]:
         if images is None:
@@ -279,22 +307,35 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
                               f"({checks['real']})")
         report["int8"] = int8_accuracy(out, files["int8"], net, shape, fixed, threads, data_root)
         timed["int8"] = files["int8"]
-    # measured as the table was made (its threads and statistic), else as `hwnas profile` defaults; at
-    # least `runs` timed runs: one network has no neighbours to interleave with, so a longer window is what
-    # lets the 10th percentile find the machine's quiet moments
-    settings = {"threads": prediction["threads"], "warmup": prediction["warmup"],
-                "runs": max(runs, prediction["runs"]), "estimator": prediction["estimator"]} if prediction else \
-        {"threads": threads, "warmup": 10, "runs": runs, "estimator": "p10_ms"}
-    measured = measure_latency(timed, shape, **settings)
-    report["latency"] = {**settings, "batch": batch, **measured["fp32"]}
-    if prediction:
-        report["latency"].update(predicted_ms=prediction["predicted_ms"], table=prediction["table"],
-                                 breakdown_ms=prediction["breakdown_ms"],
-                                 error_pct=100 * (prediction["predicted_ms"] / measured["fp32"]["measured_ms"] - 1))
+    ort = get_runtime("ort")
+    ort_prediction = prediction if prediction and prediction["runtime"] == ort.name else None
+    settings = timing_settings(ort_prediction, threads, runs)
+    measured = measure_latency(ort, timed, shape, **settings)
+    report["latency"] = with_prediction({**settings, "batch": batch, **measured["fp32"]}, ort_prediction)
+    if runtimes:
+        report["runtimes"] = {fmt: other_format(runtime, files[fmt], model, shape, random_x, images, prediction,
+                                                threads, runs) for fmt, runtime in runtimes.items()}
     if files["int8"]:
         report["int8"].update(measured_ms=measured["int8"]["measured_ms"],
                               speedup=measured["fp32"]["measured_ms"] / measured["int8"]["measured_ms"])
     return report
+
+
+def other_format(runtime, path: Path, model: nn.Module, shape: tuple[int, ...], random_x: np.ndarray,
+                 images: np.ndarray | None, prediction: dict[str, Any] | None, threads: int, runs: int) -> dict[str, Any]:
+    """Another runtime's file: written, checked against PyTorch as the ONNX file is, and timed in its runtime
+    (beside the table's prediction when the table is that runtime's)."""
+    runtime.save(model, shape, path)
+    run = runtime.load(path, threads).run
+    checks = {"random": parity(run, model, random_x, shape[0], f"{runtime.name} on random inputs")}
+    if images is not None:
+        checks["real"] = parity(run, model, images, shape[0], f"{runtime.name} on real inputs")
+    own = prediction if prediction and prediction["runtime"] == runtime.name else None
+    settings = timing_settings(own, threads, runs)
+    measured = measure_latency(runtime, {"file": path}, shape, **settings)["file"]
+    return {"path": str(path), "runtime": runtime.name, "runtime_version": runtime.version(),
+            **runtime.describe(settings["threads"]), "parity": checks,
+            "latency": with_prediction({**settings, "batch": shape[0], **measured}, own)}
 
 
 def int8_accuracy(fp32: Path, int8: Path, net: dict[str, Any], shape: tuple[int, ...], fixed: int | None,
@@ -306,7 +347,9 @@ def int8_accuracy(fp32: Path, int8: Path, net: dict[str, Any], shape: tuple[int,
     usable = len(test_x) - len(test_x) % shape[0]
     accuracy = {}
     for name, path in (("fp32", fp32), ("int8", int8)):
-        logits = _ort_outputs(open_session(path, threads), test_x[:usable], fixed)
+        session = open_session(path, threads)
+        logits = outputs_in_batches(lambda chunk: session.run(None, {session.get_inputs()[0].name: chunk})[0],
+                                    test_x[:usable], fixed)
         accuracy[name] = float((logits.argmax(axis=1) == test_y[:usable]).mean())
     return {"path": str(int8), "test_images": usable, "calibration_images": len(calibration),
             "fp32_acc": accuracy["fp32"], "int8_acc": accuracy["int8"],

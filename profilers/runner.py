@@ -101,8 +101,8 @@ def kit_calls(runtime: Any, kit_dir: str | Path, manifest: dict, threads: int
 def run_kit(runtime: Any, kit_dir: str | Path, out: str | Path, threads: int = 1, warmup: int = 10, runs: int = 100,
             max_cv: float = 0.25, progress: Callable[[int, int], None] | None = None) -> dict:
     """Measure every model of the kit; write `out` (CSV) and its description beside it (`.json`)."""
-    version = runtime.version()
     manifest = read_manifest(kit_dir, runtime)
+    version = runtime.version()
     start = time.time()
     device = timing.describe_device()  # before measuring: the load average then is the device's own, not ours
     calls, prepare = kit_calls(runtime, kit_dir, manifest, threads)

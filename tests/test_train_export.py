@@ -196,10 +196,11 @@ def test_int8_export_reports_accuracy_and_speed(trained_routed, tmp_path):
 
 def test_export_fails_and_leaves_nothing_when_outputs_disagree(tmp_path, monkeypatch):
     from hwnas import export as export_module
+    from hwnas.runtimes import parity
 
-    real = export_module._torch_outputs
-    monkeypatch.setattr(export_module, "_torch_outputs", lambda model, x: real(model, x) + 0.01)
-    with pytest.raises(export_module.ExportError, match="disagree on random inputs"):
+    real = parity.torch_outputs
+    monkeypatch.setattr(parity, "torch_outputs", lambda model, x: real(model, x) + 0.01)
+    with pytest.raises(parity.ParityError, match="ONNX Runtime on random inputs disagrees with PyTorch"):
         export_module.export("DARTS_V2", tmp_path / "m.onnx", dataset="digits", ort_format=True, runs=5)
     assert list(tmp_path.iterdir()) == []
 

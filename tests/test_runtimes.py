@@ -1,0 +1,200 @@
+"""The runtimes behind one interface: each one's file computes what PyTorch computes, its kit runs on a
+device with only its own package, and its results become a table of that runtime.
+
+ExecuTorch and LiteRT come with extras (`pip install -e '.[executorch]'`, `'.[litert]'`) that cannot share
+one environment; CI runs this file once in each (HWNAS_REQUIRE_RUNTIME names the one that must be there)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hwnas.cli import main
+from hwnas.errors import HwnasError
+from hwnas.latency.keys import routing_space_keys
+from hwnas.latency.networks import build_network, input_shape, sample_arch
+from hwnas.latency.table import load_table
+from hwnas.runtimes import RUNTIMES, get_runtime
+from hwnas.runtimes.parity import ParityError, parity, with_outputs_of_order_one
+from latency_helpers import load_tiny_space
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"executorch": ("executorch.runtime", "litert_torch"), "litert": ("ai_edge_litert.interpreter", "litert_torch")}
+EXTRA_RUNTIMES = ["executorch", "litert"]
+# what each runner's device needs besides numpy: the modules made unimportable when it runs
+BLOCKED = {"ort": ("torch", "hwnas", "pandas", "scipy"), "executorch": ("hwnas", "pandas", "scipy"),
+           "litert": ("torch", "hwnas", "pandas", "scipy")}
+
+
+def installed(name: str) -> bool:
+    try:
+        importlib.import_module({"ort": "onnxruntime", **{k: v[0] for k, v in PACKAGES.items()}}[name])
+        return True
+    except ImportError:
+        return False
+
+
+def require(name: str) -> None:
+    """Skip (one line) when the runtime's extra is missing, unless this environment must have it."""
+    if installed(name):
+        return
+    if os.environ.get("HWNAS_REQUIRE_RUNTIME") == name:
+        pytest.fail(f"HWNAS_REQUIRE_RUNTIME={name} but {name} is not installed")
+    pytest.skip(f"needs the {name} extra: pip install -e '.[{name}]'")
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return load_tiny_space(tmp_path)
+
+
+def tiny_network(space, seed=0):
+    import random
+
+    torch.manual_seed(seed)
+    model = build_network(space, sample_arch(space, random.Random(seed)))
+    return with_outputs_of_order_one(model.eval(), input_shape(space, 1), seed)
+
+
+def test_every_runtime_is_found_by_its_own_and_its_tables_name():
+    for runtime in RUNTIMES.values():
+        assert get_runtime(runtime.name) is runtime and get_runtime(runtime.table_name) is runtime
+    assert get_runtime("onnxruntime").name == "ort"
+    with pytest.raises(HwnasError, match="unknown runtime 'tensorrt'"):
+        get_runtime("tensorrt")
+
+
+def test_outputs_of_order_one_make_a_wrong_kernel_show(tiny):
+    model = tiny_network(tiny)
+    x = np.random.default_rng(0).standard_normal((8, *input_shape(tiny, 1)[1:])).astype(np.float32)
+    with torch.no_grad():
+        y = model(torch.from_numpy(x)).numpy()
+    assert 0.3 < y.std() < 3 and np.abs(y).max() > 0.5  # an untrained network's logits are about 1e-2
+    assert parity(lambda a: model(torch.from_numpy(a)).detach().numpy(), model, x, 1, "itself")["max_abs_diff"] < 1e-5
+    with pytest.raises(ParityError, match="off disagrees with PyTorch"):
+        parity(lambda a: model(torch.from_numpy(a)).detach().numpy() * 1.001, model, x, 1, "off")
+
+
+@pytest.mark.parametrize("name", ["ort", *EXTRA_RUNTIMES])
+def test_a_runtimes_file_computes_what_pytorch_computes(name, tiny, tmp_path):
+    require(name)
+    runtime = get_runtime(name)
+    model = tiny_network(tiny)
+    path = tmp_path / f"net{runtime.suffix}"
+    runtime.save(model, input_shape(tiny, 1), path)
+    x = np.random.default_rng(1).standard_normal((4, *input_shape(tiny, 1)[1:])).astype(np.float32)
+    check = parity(runtime.load(path, 1).run, model, x, 1, name)
+    assert check["max_abs_diff"] <= check["tolerance"] and check["max_abs_output"] > 0.5
+    assert check["top1_agreement"] == 1.0
+
+
+def _run_device(runner: str, blocked: tuple[str, ...], args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run a copied runner as a device would, with `blocked` modules made unimportable (packages of those
+    names that raise ImportError shadow the installed ones)."""
+    shadow = cwd / "blocked"
+    for name in (*blocked, "profilers"):
+        (shadow / name).mkdir(parents=True, exist_ok=True)
+        (shadow / name / "__init__.py").write_text(f"raise ImportError('{name} is not installed on this device')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow)}
+    return subprocess.run([sys.executable, f"profilers/{runner}", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", EXTRA_RUNTIMES)
+def test_a_kit_runs_with_only_its_runtime_and_becomes_its_runtimes_table(name, tiny, tmp_path):
+    require(name)
+    from hwnas.latency.kit import build_kit
+    from profilers.runner import RUNNER_OF
+
+    runtime = get_runtime(name)
+    manifest = build_kit(tiny, tmp_path / "kit", 1, name)
+    assert manifest["runtime"] == name and manifest["entries"][0]["file"].endswith(runtime.suffix)
+    device = tmp_path / "device"
+    shutil.copytree(ROOT / "profilers", device / "profilers")
+    shutil.copytree(tmp_path / "kit", device / "kit")
+    proc = _run_device(RUNNER_OF[name], BLOCKED[name], ["kit", "--out", "results.csv", "--warmup", "2", "--runs", "10"],
+                       device)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    description = json.loads((device / "results.json").read_text())
+    assert description["runtime"] == name and description["threads"] == 1 and description["runtime_version"]
+    assert main(["profile", "ingest", str(device / "results.csv"), "--out", str(tmp_path / "t.csv")]) == 0
+    table = load_table(tmp_path / "t.csv")
+    assert table.meta["runtime"] == name and set(table.rows.index) == {k.name for k in routing_space_keys(tiny)}
+    assert 0 < table.overhead_ms < min(table.rows.p10_ms) and len(table.meta["calibration_networks"]) == 8
+    # the ONNX Runtime runner refuses this kit by what it is for, before opening a model
+    proc = _run_device("ort_runner.py", BLOCKED["ort"], ["kit", "--out", "other.csv"], device)
+    assert proc.returncode == 2 and f"a kit for {name}, not onnxruntime" in proc.stderr
+
+
+@pytest.mark.parametrize("name", EXTRA_RUNTIMES)
+def test_a_runner_refuses_another_runtimes_kit_in_one_line(name, tiny, tmp_path):
+    from hwnas.latency.kit import build_kit
+    from profilers.runner import RUNNER_OF
+
+    build_kit(tiny, tmp_path / "kit")  # an ONNX Runtime kit
+    proc = subprocess.run([sys.executable, str(ROOT / "profilers" / RUNNER_OF[name]), str(tmp_path / "kit"), "--out",
+                           str(tmp_path / "r.csv")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and not (tmp_path / "r.csv").exists()
+    assert f"is a kit for onnxruntime, not {name}" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", EXTRA_RUNTIMES)
+def test_a_missing_runtime_is_one_line_naming_its_extra(name, tiny, tmp_path, monkeypatch, capsys):
+    from profilers.runner import KitError
+
+    def missing():
+        raise KitError("not installed")
+
+    monkeypatch.setattr(get_runtime(name).device, "version", missing)
+    code = main(["profile", "--runtime", name, "--space", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "t.csv")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"pip install -e '.[{name}]'" in err and len(err.strip().splitlines()) == 1
+    assert main(["profile", "kit", "--runtime", name, "--space", str(tmp_path / "tiny.yaml"),
+                 "--out", str(tmp_path / "kit")]) == 2
+    assert not (tmp_path / "kit").exists() and not (tmp_path / "t.csv").exists()
+
+
+def _small_routed(tmp_path: Path) -> str:
+    from hwnas.routed import RoutedArch, RoutedBlock
+
+    arch = RoutedArch("densenas_32", tuple(RoutedBlock(b, "mbconv_k3_t3") for b in (1, 4, 7, 10, 13, 16)))
+    path = tmp_path / "arch.json"
+    path.write_text(json.dumps(arch.to_dict()))
+    return str(path)
+
+
+@pytest.mark.parametrize("name,fmt", [("executorch", "pte"), ("litert", "tflite")])
+def test_export_writes_checks_and_times_another_runtimes_file(name, fmt, tmp_path):
+    require(name)
+    from hwnas.export import export
+
+    report = export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", formats=[fmt], runs=5)
+    other = report["runtimes"][fmt]
+    assert Path(other["path"]) == tmp_path / f"m.{fmt}" and (tmp_path / f"m.{fmt}").is_file()
+    assert other["runtime"] == name and other["latency"]["measured_ms"] > 0
+    for check in ("random", "real"):
+        assert other["parity"][check]["max_abs_diff"] <= other["parity"][check]["tolerance"]
+        assert other["parity"][check]["top1_agreement"] == 1.0
+    # the untrained network's outputs are of order one, for the ONNX file as for this one
+    assert other["parity"]["random"]["max_abs_output"] > 0.5
+
+
+def test_a_table_of_another_runtime_is_refused_before_anything_is_written(tmp_path):
+    from hwnas.export import export
+
+    source = ROOT / "latency_tables/amd-epyc-2core-ort-1thread/densenas_32"
+    shutil.copy(source.with_suffix(".csv"), tmp_path / "t.csv")
+    meta = json.loads(source.with_suffix(".json").read_text())
+    (tmp_path / "t.json").write_text(json.dumps({**meta, "runtime": "executorch"}))
+    with pytest.raises(HwnasError, match="measured with executorch, so it predicts its .pte files: add --format pte"):
+        export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", table=str(tmp_path / "t.csv"))
+    assert not (tmp_path / "m.onnx").exists()

@@ -139,10 +139,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.pipeline import load_run_config, run
     from hwnas.runs import RunDir
 
-    if args.resume and args.out and not args.config and not args.set:
+    if args.resume and args.out and not args.config and not args.set and not args.runtime:
         config = build_config(RunConfig, RunDir.saved_config(args.out), f"{args.out}/config.yaml")
     else:
-        config = load_run_config(args.config, args.set)
+        config = load_run_config(args.config, args.set + ([f"runtime={args.runtime}"] if args.runtime else []))
     return run(config, args.out or _default_out("run"), resume=args.resume, quiet=args.quiet)
 
 
@@ -305,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="the whole job: table, search under a budget, train, export, verify")
     p.add_argument("config", nargs="?", help="run config YAML (default configs/run/quickstart.yaml)")
     _run_options(p, "run", "budget_ms=6")
+    p.add_argument("--runtime", choices=file_runtime_names(),
+                   help="the runtime you deploy with (default the config's, ort): its table, its file, its latency")
     p.set_defaults(func=_run, show=_show_run)
 
     p = sub.add_parser("search", help="search an architecture")

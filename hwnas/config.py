@@ -214,10 +214,22 @@ class RunExportConfig(Strict):
 class RunConfig(Strict):
     """`hwnas run`: check the shipped table here (or profile), search under a budget, train, export and verify."""
 
+    @field_validator("runtime", check_fields=False)
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from hwnas.runtimes import file_runtime_names
+
+        if value not in file_runtime_names():
+            raise ValueError(f"runtime {value!r}: `hwnas run` deploys to {', '.join(file_runtime_names())}")
+        return value
+
     table: str = Field(description="shipped latency table: used when it was profiled on a host like this one and "
                                    "agrees with its calibration networks timed here, rescaled when off by one "
                                    "factor, otherwise the space is profiled first")
     budget_ms: float = Field(gt=0.0, allow_inf_nan=False, description="latency budget of the derived network")
+    runtime: str = Field("ort", description="the runtime the network is deployed with: its latency table (the "
+                                            "shipped one when its runtime matches, else one shipped for it, else "
+                                            "profiled here), its exported file, its measured latency")
     search: StageConfig
     train: StageConfig
     export: RunExportConfig = RunExportConfig()

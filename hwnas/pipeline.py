@@ -25,24 +25,51 @@ log = logging.getLogger("hwnas.run")
 BUDGET_OVER, BUDGET_UNDER = 0.05, 0.10  # a budget is met by a measured latency within -10% / +5% of it
 
 
-def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, Any]:
-    """The table this run uses, and why (hwnas/latency/check.py): the shipped one when it was profiled on
-    a host like this one and its calibration networks, timed here, agree with it within 5%; rescaled
-    when they are off by one common factor; else the space profiled here. Decided once per run."""
+def shipped_table_for(space_name: str, runtime) -> Any | None:
+    """A shipped table of the space measured with `runtime`, preferring one from a host like this one."""
+    from hwnas.config import shipped_root
+    from hwnas.latency.check import same_host
+    from hwnas.latency.table import load_table, table_runtime
+
+    found = []
+    for path in sorted((shipped_root() / "latency_tables").glob(f"*/{space_name}.csv")):
+        table = load_table(path)
+        if table.space == space_name and table_runtime(table) is runtime:
+            found.append(table)
+    found.sort(key=lambda table: not same_host(table)[0])
+    return found[0] if found else None
+
+
+def choose_table(shipped: str, space, run_dir: Path, quiet: bool, runtime_name: str = "ort") -> dict[str, Any]:
+    """The table this run uses, and why (hwnas/latency/check.py): the shipped one (or, when it was measured
+    with another runtime, one shipped for the run's runtime) when it was profiled on a host like this one
+    and its calibration networks, timed here, agree with it within 5%; rescaled when they are off by one
+    common factor; else the space profiled here in the run's runtime. Decided once per run."""
     from hwnas.latency import kit
     from hwnas.latency.check import check_table, same_host
-    from hwnas.latency.table import load_table, save_table
+    from hwnas.latency.table import load_table, save_table, table_runtime
+    from hwnas.runtimes import get_runtime
 
     decided = run_dir / "table.json"
     if decided.is_file():
         return read_json(decided, HwnasError, "run's table decision")
+    runtime = get_runtime(runtime_name)
+    runtime.version()
     table = load_table(shipped)
+    settings = {"threads": int(table.meta.get("threads", 1)), "batch": table.batch,
+                "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
     here_table = run_dir / "latency_table.csv"
-    choice: dict[str, Any] = {"shipped": table.source}
-    same, differs = same_host(table)
-    if table.space != space.name:
-        differs.append(f"space: table {table.space}, search {space.name}")
-        same = False
+    choice: dict[str, Any] = {"shipped": table.source, "runtime": runtime.name}
+    if table_runtime(table) is not runtime:
+        table = shipped_table_for(space.name, runtime)
+        choice["shipped_for_runtime"] = table.source if table else None
+    if table is None:
+        same, differs = False, [f"runtime: no shipped {space.name} table measured with {runtime.name}"]
+    else:
+        same, differs = same_host(table)
+        if table.space != space.name:
+            differs.append(f"space: table {table.space}, search {space.name}")
+            same = False
     if same:
         check = check_table(table, space, quiet)
         choice["check"] = check
@@ -55,17 +82,15 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool) -> dict[str, A
             choice.update(table=str(here_table), decision=f"shipped table rescaled by {check['ratio']:.3f}")
     else:
         choice["differs"] = differs
-        log.info("the shipped table %s was not profiled on this host (%s)", table.source, "; ".join(differs))
+        log.info("no shipped table fits this host and runtime (%s)", "; ".join(differs))
     if "table" not in choice:
-        log.info("profiling %s here first", space.name)
+        log.info("profiling %s here with %s first", space.name, runtime.name)
         here_table.unlink(missing_ok=True)  # a rescaled copy, or a profile killed before it was decided
         here_table.with_suffix(".json").unlink(missing_ok=True)
-        kit.profile(space, here_table, table.meta["runtime"], name="this-machine", threads=int(table.meta.get("threads", 1)),
-                    batch=table.batch, warmup=int(table.meta.get("warmup", 10)),
-                    runs=int(table.meta.get("runs", 100)), quiet=quiet, allow_busy=True)
+        kit.profile(space, here_table, runtime, name="this-machine", **settings, quiet=quiet, allow_busy=True)
         choice.update(table=str(here_table), decision="profiled here" + (
             " (the shipped table is off by different factors for different networks)" if same else
-            " (the shipped table comes from another host)"))
+            " (the shipped table comes from another host)" if table is not None else f" ({differs[0]})"))
     write_json(decided, choice)
     return choice
 
@@ -139,6 +164,12 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
     return arch, fit
 
 
+def _file_format(runtime_name: str) -> str:
+    from hwnas.runtimes import get_runtime
+
+    return get_runtime(runtime_name).suffix.lstrip(".")
+
+
 def budget_verdict(measured_ms: float, budget_ms: float) -> str:
     """`met` when the measured latency lies within -10% / +5% of the budget, else the side it missed on."""
     if measured_ms > (1 + BUDGET_OVER) * budget_ms:
@@ -181,7 +212,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     from hwnas.train import train
 
     space = load_space(search_config.method.space)
-    table = choose_table(config.table, space, run_dir, quiet)
+    table = choose_table(config.table, space, run_dir, quiet, config.runtime)
     search_config = _stage_config(SearchConfig, config.search, [
         f"method.table={table['table']}", f"method.budget_ms={config.budget_ms}", "method.latency_loss=budget"])
     train_config = _stage_config(TrainConfig, config.train, [])
@@ -205,19 +236,24 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     log.info("exporting and verifying ...")
     onnx_path = run_dir / "model.onnx"
     exported_json = run_dir / "export.json"
+    deployed_format = _file_format(config.runtime)
+    other_formats = [deployed_format] if deployed_format != "onnx" else []
     if exported_json.is_file():
         exported = read_json(exported_json, HwnasError, "export record")
     else:
-        for stale in (onnx_path, onnx_path.with_suffix(".ort"), onnx_path.with_suffix(".int8.onnx")):
+        for stale in (onnx_path, onnx_path.with_suffix(".ort"), onnx_path.with_suffix(".int8.onnx"),
+                      *(onnx_path.with_suffix(f".{fmt}") for fmt in other_formats)):
             stale.unlink(missing_ok=True)  # left by a run killed while exporting
         exported = export(None, onnx_path, weights=trained["weights"]["last"],
                           table=fit.get("table", table["table"]),
                           ort_format=config.export.ort, quantize=config.export.quantize,
-                          dynamic_batch=config.export.dynamic_batch)
+                          dynamic_batch=config.export.dynamic_batch, formats=other_formats)
         write_json(exported_json, exported)
     seconds["export"] = time.perf_counter() - clock
 
-    latency = exported["latency"]
+    # the latency of the file the user deploys, in its runtime
+    deployed = exported.get("runtimes", {}).get(deployed_format, exported)
+    latency = deployed["latency"]
     budget = config.budget_ms
     report = {
         "command": "run", "run_dir": str(run_dir), "budget_ms": budget, "table": table,
@@ -228,10 +264,12 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
         "within_budget_by_table": latency["predicted_ms"] <= budget,
         "budget": budget_verdict(latency["measured_ms"], budget),
         "test_acc": trained["test_acc"], "dataset": trained["dataset"],
+        "runtime": config.runtime,
         "files": {"onnx": exported["onnx"], **({"ort": exported["ort"]["path"]} if "ort" in exported else {}),
+                  **{fmt: other["path"] for fmt, other in exported.get("runtimes", {}).items()},
                   **({"int8": exported["int8"]["path"]} if "int8" in exported else {}),
                   "weights": trained["weights"]["last"]},
-        "parity": exported["parity"],
+        "parity": deployed["parity"],
         "seconds": {**{k: round(v, 1) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 1)},
     }
     from hwnas.plots import draw_routed_arch, plot_latency_vs_budget
@@ -268,12 +306,13 @@ def summary(report: dict[str, Any]) -> str:
         f"  parameters     {report['params']:,}",
         f"  multiply-adds  {report['macs'] / 1e6:.1f} M",
         f"  latency        {report['predicted_ms']:.3f} ms predicted, {report['measured_ms']:.3f} ms measured "
+        f"in {report.get('runtime', 'ort')} "
         f"({report['measured_vs_budget_pct']:+.1f}% vs the budget: "
         f"{'met' if report['budget_met'] else 'MISSED, ' + report['budget']})",
         *([f"  budget fit     derived again {len(report['budget_fit']) - 1} time(s) with the table rescaled to the "
            "network measured here"] if len(report.get("budget_fit", [])) > 1 else []),
         f"  test accuracy  {report['test_acc']:.2%}",
-        f"  files          {', '.join(files[k] for k in ('onnx', 'ort', 'int8') if k in files)}",
+        f"  files          {', '.join(path for name, path in files.items() if name != 'weights')}",
         f"  run directory  {report['run_dir']} ({report['seconds']['total']:.0f} s: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if k != "total") + ")",
     ]

@@ -198,3 +198,25 @@ def test_a_table_of_another_runtime_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(HwnasError, match="measured with executorch, so it predicts its .pte files: add --format pte"):
         export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", table=str(tmp_path / "t.csv"))
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name", EXTRA_RUNTIMES)
+def test_a_run_for_another_runtime_profiles_its_space_in_that_runtime(name, tiny, tmp_path):
+    require(name)
+    from hwnas.pipeline import choose_table
+
+    ort_table = ROOT / "latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv"
+    (tmp_path / "run").mkdir()
+    chosen = choose_table(str(ort_table), tiny, tmp_path / "run", quiet=True, runtime_name=name)
+    assert chosen["runtime"] == name and chosen["shipped_for_runtime"] is None
+    assert chosen["decision"] == f"profiled here (runtime: no shipped tiny table measured with {name})"
+    assert load_table(chosen["table"]).meta["runtime"] == name
+
+
+def test_run_config_takes_only_a_runtime_with_files():
+    from hwnas.config import ConfigError
+    from hwnas.pipeline import load_run_config
+
+    assert load_run_config(None, ["runtime=litert"]).runtime == "litert"
+    with pytest.raises(ConfigError, match="runtime 'torch'"):
+        load_run_config(None, ["runtime=torch"])

@@ -35,9 +35,9 @@ class KitError(Exception):
     pass
 
 
-def read_manifest(kit_dir: str | Path, runtime: Any | None = None) -> dict:
-    """The kit's manifest, checked: its models list, their files, and (given `runtime`) that it was made
-    for that runtime. Kits made before kits named their runtime are ONNX Runtime kits."""
+def read_manifest(kit_dir: str | Path, runtime_name: str | None = None) -> dict:
+    """The kit's manifest, checked: its models list, their files, and (given `runtime_name`) that it was
+    made for that runtime. Kits made before kits named their runtime are ONNX Runtime kits."""
     path = Path(kit_dir) / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -50,9 +50,9 @@ def read_manifest(kit_dir: str | Path, runtime: Any | None = None) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != KIT_FORMAT or "entries" not in manifest:
         raise KitError(f"{path} is not an hwnas profiling kit manifest")
     kit_runtime = manifest.setdefault("runtime", "onnxruntime")
-    if runtime is not None and kit_runtime != runtime.name:
-        raise KitError(f"{kit_dir} is a kit for {kit_runtime}, not {runtime.name}: run it with "
-                       f"profilers/{RUNNER_OF.get(kit_runtime, '<its runner>')}, or make a {runtime.name} kit with "
+    if runtime_name is not None and kit_runtime != runtime_name:
+        raise KitError(f"{kit_dir} is a kit for {kit_runtime}, not {runtime_name}: run it with "
+                       f"profilers/{RUNNER_OF.get(kit_runtime, '<its runner>')}, or make a {runtime_name} kit with "
                        f"`hwnas profile kit --runtime ...`")
     entries = manifest["entries"]
     models = [*entries, manifest.get("calibration"), *manifest.get("networks", [])] if isinstance(entries, list) else None
@@ -101,7 +101,7 @@ def kit_calls(runtime: Any, kit_dir: str | Path, manifest: dict, threads: int
 def run_kit(runtime: Any, kit_dir: str | Path, out: str | Path, threads: int = 1, warmup: int = 10, runs: int = 100,
             max_cv: float = 0.25, progress: Callable[[int, int], None] | None = None) -> dict:
     """Measure every model of the kit; write `out` (CSV) and its description beside it (`.json`)."""
-    manifest = read_manifest(kit_dir, runtime)
+    manifest = read_manifest(kit_dir, runtime.name)
     version = runtime.version()
     start = time.time()
     device = timing.describe_device()  # before measuring: the load average then is the device's own, not ours

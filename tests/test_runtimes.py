@@ -220,3 +220,58 @@ def test_run_config_takes_only_a_runtime_with_files():
     assert load_run_config(None, ["runtime=litert"]).runtime == "litert"
     with pytest.raises(ConfigError, match="runtime 'torch'"):
         load_run_config(None, ["runtime=torch"])
+
+
+def benchmark_model_log(avg_us: float, threads: int = 1) -> str:
+    """A log in the format LiteRT's benchmark_model prints (its tools/benchmark README): the warm-up run's
+    summary, then the timed run's."""
+    return f"""STARTING!
+Log parameter values verbosely: [0]
+Num threads: [{threads}]
+Graph: [/data/local/tmp/hwnas-kit/model.tflite]
+Use xnnpack: [1]
+Loaded model /data/local/tmp/hwnas-kit/model.tflite
+The input model file size (MB): 0.0123
+Initialized session in 2.004ms.
+Running benchmark for at least 10 iterations and at least 0.5 seconds but terminate if exceeding 150 seconds.
+count=10 first={avg_us * 3:.0f} curr={avg_us:.0f} min={avg_us * 0.9:.0f} max={avg_us * 3:.0f} avg={avg_us * 1.2:.1f} std={avg_us * 0.5:.0f}
+
+Running benchmark for at least 100 iterations and at least 1 seconds but terminate if exceeding 150 seconds.
+count=100 first={avg_us:.0f} curr={avg_us:.0f} min={avg_us * 0.95:.0f} max={avg_us * 1.1:.0f} avg={avg_us:.1f} std={avg_us * 0.02:.1f}
+
+Inference timings in us: Init: 2004, First inference: {avg_us * 3:.0f}, Warmup (avg): {avg_us * 1.2:.1f}, Inference (avg): {avg_us:.1f}
+Memory footprint delta from the start of the tool (MB): init=4.44531 overall=9.92969
+"""
+
+
+def test_benchmark_model_logs_from_a_phone_become_a_litert_table(tiny, tmp_path):
+    """The adb path cannot run here: its parsing runs on logs in benchmark_model's documented format."""
+    from hwnas.latency.kit import build_kit
+    from profilers import litert_adb
+
+    manifest = build_kit(tiny, tmp_path / "kit")  # its models stand in for .tflite files: only their names are read
+    manifest["runtime"] = "litert"
+    (tmp_path / "kit" / "manifest.json").write_text(json.dumps(manifest))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    entries = [*manifest["entries"], manifest["calibration"], *manifest["networks"]]
+    expected = {}
+    for i, entry in enumerate(entries):
+        avg_us = 5.0 if entry["key"] == "call_overhead" else 100.0 + 10 * i
+        expected[entry["key"]] = avg_us / 1e3
+        (logs / litert_adb._log_name(entry["key"])).write_text(benchmark_model_log(avg_us))
+    out = tmp_path / "results.csv"
+    assert litert_adb.main([str(tmp_path / "kit"), "--out", str(out), "--from-logs", str(logs)]) == 0
+    assert main(["profile", "ingest", str(out), "--out", str(tmp_path / "t.csv"), "--name", "pixel"]) == 0
+    table = load_table(tmp_path / "t.csv")
+    assert table.meta["runtime"] == "litert" and table.estimator == "mean_ms" and table.meta["device_name"] == "pixel"
+    first = manifest["entries"][0]["key"]
+    assert table.rows.loc[first, "mean_ms"] == pytest.approx(expected[first])
+    assert table.rows.loc[first, "std_ms"] == pytest.approx(0.02 * expected[first])
+    assert table.overhead_ms == pytest.approx(0.005)
+    # a log of another thread count, or none at all, is refused in one line and leaves no results
+    (logs / litert_adb._log_name(first)).write_text(benchmark_model_log(100.0, threads=4))
+    assert litert_adb.main([str(tmp_path / "kit"), "--out", str(tmp_path / "r2.csv"), "--from-logs", str(logs)]) == 2
+    (logs / litert_adb._log_name(first)).write_text("Segmentation fault\n")
+    assert litert_adb.main([str(tmp_path / "kit"), "--out", str(tmp_path / "r2.csv"), "--from-logs", str(logs)]) == 2
+    assert not (tmp_path / "r2.csv").exists()

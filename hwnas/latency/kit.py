@@ -34,7 +34,7 @@ from hwnas.errors import HwnasError, LatencyError
 from hwnas.files import read_json
 from hwnas.latency.keys import build_op, space_keys
 from hwnas.latency.networks import arch_keys, build_network, input_shape, sample_arch
-from hwnas.latency.table import DEFAULT_ESTIMATOR, LatencyTable, fingerprint, make_table, save_table
+from hwnas.latency.table import DEFAULT_ESTIMATOR, STAT_COLUMNS, LatencyTable, fingerprint, make_table, save_table
 from hwnas.spaces.definition import CellSpace, RoutingSpace, parse_space
 from hwnas.runtimes import FileRuntime, Runtime, get_runtime
 from profilers import measure as timing
@@ -115,13 +115,14 @@ def calibration_networks(space: RoutingSpace | CellSpace, batch: int) -> list[tu
     return [([k.name for _, k in arch_keys(space, arch, batch)], build_network(space, arch)) for arch in archs]
 
 
-def network_scale(results: pd.DataFrame, networks: list[dict[str, Any]], overhead: float) -> tuple[float, list]:
+def network_scale(results: pd.DataFrame, networks: list[dict[str, Any]], overhead: float,
+                  estimator: str = DEFAULT_ESTIMATOR) -> tuple[float, list]:
     """The median ratio of measured network latency to the sum of its ops (each less the per-call
     overhead, plus the overhead once), over the calibration networks; 1 when there are none."""
     fits = []
     for net in networks:
-        ops_sum = sum(max(float(results.loc[k, DEFAULT_ESTIMATOR]) - overhead, 0.0) for k in net["ops"]) + overhead
-        fits.append({"key": net["key"], "ops_sum_ms": ops_sum, "measured_ms": float(results.loc[net["key"], DEFAULT_ESTIMATOR])})
+        ops_sum = sum(max(float(results.loc[k, estimator]) - overhead, 0.0) for k in net["ops"]) + overhead
+        fits.append({"key": net["key"], "ops_sum_ms": ops_sum, "measured_ms": float(results.loc[net["key"], estimator])})
     ratios = sorted(f["measured_ms"] / f["ops_sum_ms"] for f in fits)
     return (float(np.median(ratios)) if ratios else 1.0), fits
 
@@ -210,8 +211,12 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
     if missing or description["calibration_key"] not in results.index:
         raise LatencyError(f"{results_csv}: {len(missing) or 'the calibration'} key(s) were not measured "
                            f"(e.g. {(missing or [description['calibration_key']])[0]}); run the whole kit again")
-    overhead = float(results.loc[description["calibration_key"], DEFAULT_ESTIMATOR])
-    scale, fits = network_scale(results, networks, overhead)
+    # the statistic the runner could measure: the Python runners' 10th percentile, a benchmark binary's mean
+    estimator = description.get("estimator", DEFAULT_ESTIMATOR)
+    if estimator not in STAT_COLUMNS:
+        raise LatencyError(f"{results_csv}: its description names estimator {estimator!r}; one of {', '.join(STAT_COLUMNS)}")
+    overhead = float(results.loc[description["calibration_key"], estimator])
+    scale, fits = network_scale(results, networks, overhead, estimator)
     meta = {
         "space": space.name, "space_definition": description["space_definition"], "batch": int(kit["batch"]),
         "dtype": kit["dtype"],
@@ -219,7 +224,7 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
         "device": description["device"],
         **{k: description[k] for k in ("runtime", "runtime_version", "provider", "threads", "warmup", "runs",
                                        "date", "seconds", "unstable_keys") if k in description},
-        "estimator": DEFAULT_ESTIMATOR, "call_overhead_ms": overhead, "network_scale": scale,
+        "estimator": estimator, "call_overhead_ms": overhead, "network_scale": scale,
         "calibration_networks": fits, "kit_hwnas_version": kit["hwnas_version"], "hwnas_version": hwnas.__version__,
         "opset": kit.get("opset"),
     }

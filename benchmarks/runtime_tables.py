@@ -1,0 +1,84 @@
+"""Latency tables for another runtime on this machine, and how well they predict whole networks.
+
+For each space: its kit in the runtime's format (kept in --kits, as writing a kit of ExecuTorch or LiteRT
+models takes minutes), measured by the runtime's device-side runner, ingested into a shipped table
+(latency_tables/NAME/SPACE.csv), then `hwnas lut validate` on --samples random networks of the space,
+each built, converted and timed end to end in the runtime. Every finished step is kept and reused, so
+the script resumes where it stopped. Run it in an environment with the runtime's extra, on a quiet
+machine (the load average before and after each measurement is recorded):
+
+    python benchmarks/runtime_tables.py --runtime executorch --ship amd-epyc-2core-executorch-1thread
+    python benchmarks/runtime_tables.py --runtime litert --ship amd-epyc-2core-litert-1thread
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from hwnas.latency.kit import build_kit, ingest
+from hwnas.latency.validate import validate
+from hwnas.runtimes import get_runtime
+from hwnas.spaces.definition import load_space
+from profilers import measure as timing
+from profilers.runner import run_kit
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runtime", required=True, choices=["ort", "executorch", "litert"])
+    parser.add_argument("--ship", required=True, help="the tables go to latency_tables/SHIP/")
+    parser.add_argument("--spaces", nargs="+", default=["densenas_32_small", "densenas_224"])
+    parser.add_argument("--kits", default="benchmarks/runs/kits", help="where the kits are kept")
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=100, help="timed runs per key")
+    parser.add_argument("--out", default="benchmarks/results/runtime_tables.json")
+    args = parser.parse_args()
+    runtime = get_runtime(args.runtime)
+    out = Path(args.out)
+    report = json.loads(out.read_text()) if out.is_file() else {}
+    entry = report.setdefault(runtime.name, {})
+    for name in args.spaces:
+        space = load_space(name)
+        kit = Path(args.kits) / f"{runtime.name}_{name}"
+        table = Path("latency_tables") / args.ship / f"{name}.csv"
+        row = entry.setdefault(name, {})
+        if not (kit / "manifest.json").is_file():
+            started = time.perf_counter()
+            build_kit(space, kit, 1, runtime)
+            row["kit_seconds"] = round(time.perf_counter() - started, 1)
+        if not table.is_file():
+            before = load()
+            with tempfile.TemporaryDirectory() as tmp:
+                description = run_kit(runtime.device, kit, Path(tmp) / "results.csv", 1, 10, args.runs)
+                table.parent.mkdir(parents=True, exist_ok=True)
+                made = ingest(Path(tmp) / "results.csv", table, args.ship)
+            row["profile"] = {"keys": len(made), "seconds": description["seconds"], "load_before": before,
+                              "load_after": load(), "unstable_keys": len(description["unstable_keys"]),
+                              "call_overhead_ms": made.overhead_ms, "network_scale": made.meta["network_scale"],
+                              "cpu_model": timing.cpu_model(), "runtime_version": made.meta["runtime_version"]}
+            print(name, row["profile"], flush=True)
+        if "validate" not in row:
+            before = load()
+            started = time.perf_counter()
+            result = validate(table, name, args.samples, quiet=True)
+            row["validate"] = {**{k: v for k, v in result.items() if k not in ("networks",)},
+                               "seconds": round(time.perf_counter() - started, 1), "load_before": before,
+                               "load_after": load(), "cpu_model": timing.cpu_model(),
+                               "networks": [{k: n[k] for k in ("predicted_ms", "measured_ms", "measured_median_ms")}
+                                            for n in result["networks"]]}
+            print(name, {k: v for k, v in row["validate"].items() if k != "networks"}, flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -66,6 +66,8 @@ def main() -> None:
                               "call_overhead_ms": made.overhead_ms, "network_scale": made.meta["network_scale"],
                               "cpu_model": timing.cpu_model(), "runtime_version": made.meta["runtime_version"]}
             print(name, row["profile"], flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
         if "validate" not in row:
             before = load()
             started = time.perf_counter()

@@ -161,10 +161,8 @@ def with_prediction(latency: dict[str, Any], prediction: dict[str, Any] | None) 
 
 def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -> dict[str, Any]:
     """The table's prediction for this network; an error when the table describes another network."""
-    from hwnas.latency.table import load_table
+    from hwnas.latency.table import load_table, table_runtime
     from hwnas.latency.validate import predict
-
-    from hwnas.latency.table import table_runtime
 
     table = load_table(table_path)
     space = kind_of(arch).table_space(arch, table, model_cfg, size)

@@ -46,13 +46,12 @@ def fingerprint(keys: Iterable[OpKey]) -> str:
 
 def table_runtime(table: "LatencyTable"):
     """The runtime (hwnas/runtimes) the table was measured with."""
+    from hwnas.errors import HwnasError
     from hwnas.runtimes import get_runtime
 
     try:
         return get_runtime(str(table.meta.get("runtime")))
-    except LatencyError:
-        raise
-    except Exception:
+    except HwnasError:
         raise LatencyError(f"{table.source} was measured with {table.meta.get('runtime')!r}, a runtime hwnas does not "
                            "know; profile it again with `hwnas profile --runtime ...`") from None
 

@@ -5,7 +5,6 @@ runtime's file, and timing networks and kits on this machine with the profilers'
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -54,13 +53,6 @@ class Runtime(ABC):
         if device != "cpu":
             raise HwnasError(f"--device {device}: the {self.name} runtime runs on this machine's CPU; "
                              "--device is for the torch runtime")
-
-    def _require(self, module: str, package: str) -> None:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            hint = f"pip install -e '.[{self.extra}]'" if self.extra else f"pip install {package}"
-            raise RuntimeMissing(f"the {self.name} runtime needs {package}, which is not installed: {hint}") from None
 
 
 class FileRuntime(Runtime):

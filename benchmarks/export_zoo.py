@@ -36,7 +36,7 @@ def eager_ms(name: str, dataset: str, runs: int) -> float:
     net = resolve_network(name, None, dataset)
     shape = (1, net["channels"], net["size"], net["size"])
     calls, prepare = get_runtime("torch").network_calls({name: net["model"]}, shape, 1, Path("."))
-    return timing.measure(calls, warmup=10, runs=runs, prepare=prepare)[name]["p10_ms"]
+    return timing.measure_networks(calls, warmup=10, runs=runs, prepare=prepare)[name]["p10_ms"]
 
 
 def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: int) -> dict:

@@ -32,6 +32,15 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def wait_until_quiet(limit: float = 0.5, patience_s: float = 600) -> None:
+    """Profiling refuses a device whose load average is above `limit`; the previous step's own work leaves
+    the average high for a minute or two."""
+    waited = 0
+    while load() > limit and waited < patience_s:
+        time.sleep(10)
+        waited += 10
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runtime", required=True, choices=["ort", "executorch", "litert"])
@@ -56,6 +65,7 @@ def main() -> None:
             build_kit(space, kit, 1, runtime)
             row["kit_seconds"] = round(time.perf_counter() - started, 1)
         if not table.is_file():
+            wait_until_quiet()
             before = load()
             with tempfile.TemporaryDirectory() as tmp:
                 description = run_kit(runtime.device, kit, Path(tmp) / "results.csv", 1, 10, args.runs)

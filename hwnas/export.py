@@ -131,12 +131,13 @@ def _writable(out: Path) -> None:
 
 def measure_latency(runtime, paths: dict[str, Path], shape: tuple[int, ...], threads: int, warmup: int, runs: int,
                     estimator: str = "p10_ms") -> dict[str, dict[str, float]]:
-    """End-to-end latency of each of `runtime`'s files, measured as its kit runner measures a table's ops."""
+    """End-to-end latency of each of `runtime`'s files, measured as the kit runners measure a table's
+    calibration networks (bursts of consecutive calls, profilers/measure.py)."""
     from profilers import measure as timing
 
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     calls = {name: runtime.load(path, threads).bound(x) for name, path in paths.items()}
-    results = timing.measure(calls, warmup=warmup, runs=runs, prepare={name: x.sum for name in paths})
+    results = timing.measure_networks(calls, warmup=warmup, runs=runs, prepare={name: x.sum for name in paths})
     return {name: {"measured_ms": r[estimator], "median_ms": r["median_ms"], "cv": r["cv"], "stable": r["stable"]}
             for name, r in results.items()}
 

@@ -4,9 +4,10 @@ runs on a phone, a Raspberry Pi or a Jetson without hwnas or torch.
 `measure` times many small callables the way latency tables need:
 - warm-up calls first (caches, allocators, lazy kernel selection);
 - timed calls in interleaved rounds: each round calls every key once, in a fresh random order, so slow
-  drift of the device (frequency scaling, heat, background load) spreads over all keys alike, and
-  each op runs with the caches holding other ops' data, as it does inside a network (timing one op
-  in a tight loop keeps its weights in cache and underestimated small networks by about 10%);
+  drift of the device (frequency scaling, heat, background load, a shared host's changing speed)
+  spreads over all keys alike, and each op runs with the caches holding other ops' data, as it does
+  inside a network (timing one op in a tight loop keeps its weights in cache and underestimated small
+  networks by about 10%); whole networks take their turns as short bursts (`measure_networks`);
 - statistics per key: median, mean, standard deviation, coefficient of variation, and the 10th
   percentile `p10_ms`, the latency on a quiet device. Background load and a busy hypervisor only
   ever add time, so on a shared machine the median of one run can move by 10% against the next
@@ -124,32 +125,41 @@ def statistics(samples_s: Iterable[float], groups: int = 5) -> dict[str, float]:
 
 
 def _timed_rounds(calls: dict[str, Callable[[], object]], keys: list[str], runs: int, rng: random.Random,
-                  tick: Callable[[int], None], prepare: dict[str, Callable[[], object]]) -> dict[str, list[float]]:
+                  tick: Callable[[int], None], prepare: dict[str, Callable[[], object]], burst: dict[str, int]
+                  ) -> dict[str, list[float]]:
+    """`runs` timed calls per key in `runs` rounds, each calling its keys in a fresh random order. A key
+    with a burst of b > 1 takes its turn every b-th round: one untimed call, then b timed calls in a row."""
     samples: dict[str, list[float]] = {key: [] for key in keys}
     clock = time.perf_counter
-    for _ in range(runs):
-        order = keys[:]
+    for round_ in range(runs):
+        order = [key for key in keys if round_ % burst[key] == 0]
         rng.shuffle(order)
         for key in order:
-            call = calls[key]
-            if key in prepare:
-                prepare[key]()
-            start = clock()
-            call()
-            samples[key].append(clock() - start)
-        tick(len(order))
+            call, ready, timed = calls[key], prepare.get(key), min(burst[key], runs - round_)
+            if burst[key] > 1:
+                call()
+            for _ in range(timed):
+                if ready:
+                    ready()
+                start = clock()
+                call()
+                samples[key].append(clock() - start)
+            tick(timed)
     return samples
 
 
 def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 100, max_cv: float = 0.25,
             max_round_spread: float = 0.05, remeasure: int = 2, seed: int = 0,
             progress: Callable[[int, int], None] | None = None,
-            prepare: dict[str, Callable[[], object]] | None = None) -> dict[str, dict[str, float]]:
+            prepare: dict[str, Callable[[], object]] | None = None, burst: int | dict[str, int] = 1
+            ) -> dict[str, dict[str, float]]:
     """Statistics per key of `calls` (see the module doc). `progress(done, total)` counts calls made;
-    `prepare[key]()`, if given, runs untimed before each timed call of `key`."""
+    `prepare[key]()`, if given, runs untimed before each timed call of `key`; `burst` (one for all keys, or
+    per key, 1 where a key is not named): see measure_networks."""
     prepare = prepare or {}
-    if runs < 1 or warmup < 0:
-        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs} warmup={warmup}")
+    burst = {key: burst.get(key, 1) if isinstance(burst, dict) else burst for key in calls}
+    if runs < 1 or warmup < 0 or min(burst.values(), default=1) < 1:
+        raise ValueError(f"need runs >= 1, warmup >= 0 and bursts >= 1, got runs={runs} warmup={warmup} burst={burst}")
     rng = random.Random(seed)
     keys = list(calls)
     total = len(keys) * (warmup + runs)
@@ -165,7 +175,7 @@ def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int 
         for _ in range(warmup):
             calls[key]()
         tick(warmup)
-    samples = _timed_rounds(calls, keys, runs, rng, tick, prepare)
+    samples = _timed_rounds(calls, keys, runs, rng, tick, prepare, burst)
     results = {key: {**statistics(s), "remeasured": 0} for key, s in samples.items()}
 
     def unstable(stats: dict[str, float]) -> bool:
@@ -176,7 +186,7 @@ def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int 
         if not shaky:
             break
         total += len(shaky) * runs
-        again = _timed_rounds(calls, shaky, runs, rng, tick, prepare)
+        again = _timed_rounds(calls, shaky, runs, rng, tick, prepare, burst)
         for key in shaky:
             fresh = statistics(again[key])
             if fresh["round_spread"] + fresh["cv"] < results[key]["round_spread"] + results[key]["cv"]:
@@ -188,19 +198,21 @@ def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int 
     return results
 
 
-def measure_alone(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 100, **options
-                  ) -> dict[str, dict[str, float]]:
-    """`measure` for whole networks: each key timed on its own, consecutively, as a deployed network runs
-    (its weights stay in cache from one call to the next; interleaved with other networks they do not,
-    which made a 0.3 ms network 10-15% slower)."""
-    results: dict[str, dict[str, float]] = {}
-    prepare, progress = options.pop("prepare", None), options.pop("progress", None)
-    for i, (key, call) in enumerate(calls.items()):
-        # progress over all keys: this key's calls count as a share of the whole
-        tick = (lambda done, total, i=i: progress(i * total + done, len(calls) * total)) if progress else None
-        results.update(measure({key: call}, warmup, runs, prepare={key: prepare[key]} if prepare else None,
-                               progress=tick, **options))
-    return results
+NETWORK_BURST = 5
+
+
+def measure_networks(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 100,
+                  burst: int = NETWORK_BURST, **options) -> dict[str, dict[str, float]]:
+    """`measure` for whole networks, timed as a deployed network runs: called again and again, its weights
+    stay in cache (interleaved call by call with other networks they do not, which made a 0.3 ms network
+    10-15% slower). So each network's turn is a burst of `burst` consecutive timed calls after one untimed
+    call that brings its weights back. The turns still interleave the networks, so each network's bursts
+    spread over the whole measurement: a shared host's speed can change from one second to the next (a
+    2-core cloud VM ran the same network at 1.3 ms or 1.95 ms, in stretches of 10 ms to 3.6 s, 30% of the
+    time slow), and one network's calls all in a row caught either state, where bursts spread over the
+    measurement find the quiet one as the interleaved op rounds do. Measure whole networks together with
+    ops by passing `burst={network: NETWORK_BURST, ...}` to `measure`: then both see the same stretches."""
+    return measure(calls, warmup, runs, burst=burst, **options)
 
 
 def write_results(path: str | Path, results: dict[str, dict[str, float]]) -> None:

@@ -203,6 +203,27 @@ def test_measure_interleaves_and_remeasures_unstable_keys(monkeypatch):
     assert len({tuple(r) for r in rounds}) > 1
 
 
+def test_measure_networks_spreads_each_networks_bursts_over_a_host_whose_speed_changes(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    order = []
+
+    def network(name):
+        def call():  # the host runs at two speeds, switching every 200 ms, and starts slow
+            order.append(name)
+            clock[0] += (1.5 if (clock[0] // 0.2) % 2 == 0 else 1.0) / 1e3
+        return call
+
+    results = timing.measure_networks({"a": network("a"), "b": network("b")}, warmup=10, runs=100, burst=5, seed=0)
+    # one network's 100 timed calls in a row (burst=100) would put all of "a" in the first slow stretch
+    assert results["a"]["p10_ms"] == pytest.approx(1.0) and results["b"]["p10_ms"] == pytest.approx(1.0)
+    assert results["a"]["count"] == results["b"]["count"] == 100
+    # after the warm-up, 20 rounds each give every network one turn: an untimed call, then 5 timed ones
+    turns = [order[20 + 6 * t:26 + 6 * t] for t in range(40)]
+    assert all(len(set(turn)) == 1 for turn in turns)
+    assert all(sorted(turns[2 * r][0] + turns[2 * r + 1][0]) == ["a", "b"] for r in range(20))
+
+
 def test_space_definition_errors_name_the_problem(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(TINY_SPACE.replace("sizes:        [16, 8, 8, 8]", "sizes:        [16, 8, 8, 2]"))

@@ -49,15 +49,15 @@ def same_host(table: LatencyTable, runtime_version: str | None = None) -> tuple[
 
 def time_networks(networks: dict[str, Any], space, table: LatencyTable, min_runs: int) -> dict[str, float]:
     """Each network's latency here (ms, the table's statistic) with the table's runtime settings, each timed
-    on its own as a deployed network runs, as `hwnas export` times it."""
+    in bursts of consecutive calls as a deployed network runs (profilers/measure.py: measure_networks)."""
     from hwnas.latency.networks import input_shape
     from profilers import measure as timing
 
     with tempfile.TemporaryDirectory(prefix="hwnas-time-") as tmp:
         calls, prepare = table_runtime(table).network_calls(networks, input_shape(space, table.batch),
                                                             int(table.meta["threads"]), Path(tmp))
-        results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
-                                       runs=max(int(table.meta.get("runs", 50)), min_runs), prepare=prepare)
+        results = timing.measure_networks(calls, warmup=int(table.meta.get("warmup", 10)),
+                                          runs=max(int(table.meta.get("runs", 50)), min_runs), prepare=prepare)
     return {name: float(stats[table.estimator]) for name, stats in results.items()}
 
 

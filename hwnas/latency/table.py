@@ -11,8 +11,9 @@ Each kit model was timed as its own runtime call, which includes the runtime's f
 per-call cost (`call_overhead_ms`, measured on a trivial model in the same session). A network makes
 that call once, so its latency is the sum over its ops of (latency - overhead), plus the overhead once,
 times `network_scale`: the median ratio of measured to summed latency over a few random networks of
-the space, each timed on its own as a deployed network runs (ops measured one after another find
-their weights colder than a network run again and again does; the scale is 5-15% below 1).
+the space, each timed in bursts of consecutive calls as a deployed network runs, in the same rounds as
+the ops (ops measured one after another find their weights colder than a network run again and again
+does; the scale is 5-15% below 1).
 """
 
 from __future__ import annotations

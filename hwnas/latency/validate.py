@@ -72,8 +72,8 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
         calls, prepare = runtime.network_calls(networks, shape, int(table.meta["threads"]), Path(tmp))
         bar, update = progress_bar("measuring networks", quiet)
         with bar:
-            # each network on its own, as a deployed network runs and as the table's calibration networks were timed
-            results = timing.measure_alone(calls, warmup=int(table.meta.get("warmup", 10)),
+            # in bursts of consecutive calls, as a deployed network runs and as the table's calibration networks were timed
+            results = timing.measure_networks(calls, warmup=int(table.meta.get("warmup", 10)),
                                            runs=int(table.meta.get("runs", 50)), progress=update, prepare=prepare)
     measured = {name: results[name][table.estimator] for name in archs}
     names = list(archs)

@@ -3,6 +3,7 @@
     python benchmarks/main_job.py --out benchmarks/results/main_job.json                    # the quickstart
     python benchmarks/main_job.py --table-scale 1.3 --out benchmarks/results/main_job_off_table.json
     python benchmarks/main_job.py --fractions 0.1 0.3 0.5 0.7 0.9 --out benchmarks/results/densenas_budget.json
+    python benchmarks/main_job.py --runtime executorch --out benchmarks/results/main_job_executorch.json
 
 Each budget is one `hwnas run` (table check, search, training, export, latency measured end to end) in
 its own folder under --runs; a finished run is read back and an unfinished one resumed, so the benchmark
@@ -25,8 +26,9 @@ from pathlib import Path
 from hwnas.cli import main as hwnas
 from hwnas.config import resolve_path
 from hwnas.latency.cost import RoutingCost
-from hwnas.latency.table import load_table, save_table
-from hwnas.pipeline import load_run_config
+from hwnas.latency.table import load_table, save_table, table_runtime
+from hwnas.pipeline import load_run_config, shipped_table_for
+from hwnas.runtimes import get_runtime
 from hwnas.spaces.definition import load_space
 
 
@@ -47,7 +49,7 @@ def summarize(run_dir: Path, load_before: float | None) -> dict:
         "search_end_val_acc": search["final"]["val_acc"], "seconds": report["seconds"],
         "budget_fit": [{k: r[k] for k in ("predicted_ms", "measured_ms", "table_scale", "budget")}
                        for r in report.get("budget_fit", [])],
-        "arch_text": report["arch_text"], "load_average_1min_before": load_before, "run_dir": str(run_dir),
+        "arch_text": report["arch_text"], "parity": report["parity"], "load_average_1min_before": load_before, "run_dir": str(run_dir),
         "epochs": [{k: number(row[k]) if k != "epoch" else int(row[k])
                     for k in ("epoch", "train_acc", "val_acc", "arch_ce", "arch_latency_term", "expected_latency_ms",
                               "mu") if k in row} for row in epochs],
@@ -63,6 +65,8 @@ def main() -> None:
     group.add_argument("--budgets", type=float, nargs="+", help="budgets in ms (default: the config's)")
     group.add_argument("--fractions", type=float, nargs="+", help="budgets across the table's feasible range")
     parser.add_argument("--table-scale", type=float, help="simulate a shipped table off by this factor")
+    parser.add_argument("--runtime", help="the runtime the run deploys with (default the config's): its table, "
+                                          "its file, its measured latency")
     args = parser.parse_args()
 
     config = load_run_config(args.config, [])
@@ -77,20 +81,26 @@ def main() -> None:
                        table_path)
     if args.fractions:
         space = load_space("densenas_32_small")
-        low, high = RoutingCost(space, load_table(config.table)).bounds()
+        # the range as the run's runtime runs the space: its shipped table when the config's is another runtime's
+        runtime = get_runtime(args.runtime or config.runtime)
+        table = load_table(config.table)
+        table = table if table_runtime(table) is runtime else shipped_table_for(space.name, runtime) or table
+        low, high = RoutingCost(space, table).bounds()
         budgets = [round(low + f * (high - low), 3) for f in args.fractions]
     else:
         budgets = args.budgets or [config.budget_ms]
 
     rows = []
     for budget in budgets:
-        run_dir = runs / (f"budget-{budget:.3f}ms" + (f"-table-x{args.table_scale:g}" if args.table_scale else ""))
+        run_dir = runs / (f"budget-{budget:.3f}ms" + (f"-table-x{args.table_scale:g}" if args.table_scale else "")
+                          + (f"-{args.runtime}" if args.runtime else ""))
         load_before = round(os.getloadavg()[0], 2)
         if not (run_dir / "report.json").is_file():
             started = time.time()
             resume = ["--resume"] if (run_dir / "config.yaml").is_file() else []
             code = hwnas(["run", args.config, "--out", str(run_dir), "--quiet", "--set", f"budget_ms={budget}",
-                          "--set", f"table={table_path}", *resume])
+                          "--set", f"table={table_path}", *(["--runtime", args.runtime] if args.runtime else []),
+                          *resume])
             if code != 0:
                 raise SystemExit(f"hwnas run failed at budget {budget} ms (exit {code})")
             print(f"budget {budget:.3f} ms: run took {time.time() - started:.0f} s", flush=True)
@@ -100,6 +110,7 @@ def main() -> None:
               f"({row['measured_vs_budget_pct']:+.1f}%, {row['budget']}), supernet {row['search_end_val_acc']:.1%}, "
               f"test {row['test_acc']:.1%}, table: {row['table']['decision']}", flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "config": args.config, "table": table_path,
+              "runtime": args.runtime or config.runtime,
               "table_scale": args.table_scale, "budget_rule": "met when measured is within -10% / +5% of the budget",
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per key")
     parser.add_argument("--out", default="benchmarks/results/runtime_tables.json")
+    parser.add_argument("--kits-only", action="store_true",
+                        help="build the kits and stop: that needs no quiet machine, the measurements do")
     args = parser.parse_args()
     runtime = get_runtime(args.runtime)
     out = Path(args.out)
@@ -64,6 +66,10 @@ def main() -> None:
             started = time.perf_counter()
             build_kit(space, kit, 1, runtime)
             row["kit_seconds"] = round(time.perf_counter() - started, 1)
+        if args.kits_only:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(report, indent=2) + "\n")
+            continue
         if not table.is_file():
             wait_until_quiet()
             before = load()
@@ -73,12 +79,14 @@ def main() -> None:
                 made = ingest(Path(tmp) / "results.csv", table, args.ship)
             row["profile"] = {"keys": len(made), "seconds": description["seconds"], "load_before": before,
                               "load_after": load(), "unstable_keys": len(description["unstable_keys"]),
-                              "call_overhead_ms": made.overhead_ms, "network_scale": made.meta["network_scale"],
+                              "call_overhead_ms": made.overhead_ms, "network_scale": made.scale, "op_cost_ms": made.op_cost_ms,
+                              "network_fit": made.meta["network_fit"],
                               "cpu_model": timing.cpu_model(), "runtime_version": made.meta["runtime_version"]}
             print(name, row["profile"], flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2) + "\n")
         if "validate" not in row:
+            wait_until_quiet()
             before = load()
             started = time.perf_counter()
             result = validate(table, name, args.samples, quiet=True)

@@ -22,6 +22,7 @@ runs on a phone, a Raspberry Pi or a Jetson without hwnas or torch.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import platform
 import random
@@ -199,10 +200,12 @@ def measure(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int 
 
 
 NETWORK_BURST = 5
+MIN_NETWORK_SPAN_S = 3.0  # longer than the slow stretches seen on a shared VM
 
 
 def measure_networks(calls: dict[str, Callable[[], object]], warmup: int = 10, runs: int = 100,
-                  burst: int = NETWORK_BURST, **options) -> dict[str, dict[str, float]]:
+                     burst: int = NETWORK_BURST, min_span_s: float = MIN_NETWORK_SPAN_S,
+                     **options) -> dict[str, dict[str, float]]:
     """`measure` for whole networks, timed as a deployed network runs: called again and again, its weights
     stay in cache (interleaved call by call with other networks they do not, which made a 0.3 ms network
     10-15% slower). So each network's turn is a burst of `burst` consecutive timed calls after one untimed
@@ -211,8 +214,28 @@ def measure_networks(calls: dict[str, Callable[[], object]], warmup: int = 10, r
     2-core cloud VM ran the same network at 1.3 ms or 1.95 ms, in stretches of 10 ms to 3.6 s, 30% of the
     time slow), and one network's calls all in a row caught either state, where bursts spread over the
     measurement find the quiet one as the interleaved op rounds do. Measure whole networks together with
-    ops by passing `burst={network: NETWORK_BURST, ...}` to `measure`: then both see the same stretches."""
+    ops by passing `burst={network: NETWORK_BURST, ...}` to `measure`: then both see the same stretches.
+    A few fast networks alone would be done in a fraction of a second: they get more runs, so that the
+    measurement lasts at least `min_span_s`."""
+    runs = max(runs, runs_for_span(calls, min_span_s, options.get("prepare")))
     return measure(calls, warmup, runs, burst=burst, **options)
+
+
+def runs_for_span(calls: dict[str, Callable[[], object]], span_s: float,
+                  prepare: dict[str, Callable[[], object]] | None = None, most: int = 5000) -> int:
+    """Rounds of `calls` (one call each) that take about `span_s`, from one timed call each after a warm one."""
+    if span_s <= 0:
+        return 0
+    round_s = 0.0
+    for key, call in calls.items():
+        ready = (prepare or {}).get(key, lambda: None)
+        ready()
+        call()
+        ready()
+        start = time.perf_counter()
+        call()
+        round_s += time.perf_counter() - start
+    return min(most, math.ceil(span_s / max(round_s, 1e-9)))
 
 
 def write_results(path: str | Path, results: dict[str, dict[str, float]]) -> None:

@@ -98,19 +98,39 @@ def test_table_round_trip_and_prediction_sums_the_right_rows(tiny, tmp_path):
     assert loaded.predict(k for _, k in parts) == pytest.approx(sum(latency[n] - 0.5 for n in names) + 0.5)
 
 
-def test_network_scale_is_fitted_on_calibration_networks(tiny):
-    from hwnas.latency.kit import network_scale
+def test_network_model_is_fitted_on_calibration_networks(tiny):
+    from hwnas.latency.kit import fit_network_model
 
     results = pd.DataFrame({"key": ["a", "b", "network:0", "network:1", "network:2"],
                             "p10_ms": [2.0, 3.0, 0.9 * 4.5, 0.8 * 6.0, 0.95 * 3.0]}).set_index("key")
     networks = [{"key": "network:0", "ops": ["a", "b"]}, {"key": "network:1", "ops": ["a", "b", "a"]},
                 {"key": "network:2", "ops": ["b"]}]
     # op sums less the 0.5 ms overhead per op, plus it once: 4.5, 6.0 and 3.0 ms; the median ratio is 0.9
-    scale, fits = network_scale(results, networks, overhead=0.5)
-    assert scale == pytest.approx(0.9) and fits[1]["ops_sum_ms"] == pytest.approx(6.0)
+    # (three networks are too few to hold one out of a two-number fit)
+    scale, op_cost, fit = fit_network_model(results, networks, overhead=0.5)
+    assert (scale, op_cost, fit["model"]) == (pytest.approx(0.9), 0.0, "ratio")
+    assert fit["networks"][1]["ops_sum_ms"] == pytest.approx(6.0)
     table, latency = synthetic_table(tiny, network_scale=0.9)
     keys = routing_space_keys(tiny)[:3]
     assert table.predict(keys) == pytest.approx(0.9 * (sum(latency[k.name] - 0.5 for k in keys) + 0.5))
+
+
+def test_a_per_op_call_cost_is_fitted_when_it_predicts_held_out_networks_better(tiny):
+    from hwnas.latency.kit import fit_network_model
+
+    # networks of 1 to 6 ops, each op's own call costing 0.2 ms more than the 0.5 ms trivial call
+    ops = {"a": 2.0, "b": 3.0, "c": 1.5}
+    nets = [["a"], ["a", "b"], ["b", "c", "a"], ["c", "c", "b", "a"], ["a", "a", "b", "b", "c"], ["c"] * 6]
+    truth = [0.95 * (sum(ops[o] - 0.5 - 0.2 for o in net) + 0.5) for net in nets]
+    results = pd.DataFrame({"key": [*ops, *(f"network:{i}" for i in range(len(nets)))],
+                            "p10_ms": [*ops.values(), *truth]}).set_index("key")
+    networks = [{"key": f"network:{i}", "ops": net} for i, net in enumerate(nets)]
+    scale, op_cost, fit = fit_network_model(results, networks, overhead=0.5)
+    assert (scale, op_cost, fit["model"]) == (pytest.approx(0.95), pytest.approx(0.2), "per_op_cost")
+    assert fit["held_out_error_pct"]["per_op_cost"] < 1e-6 < fit["held_out_error_pct"]["ratio"]
+    table, latency = synthetic_table(tiny, network_scale=0.95, op_cost_ms=0.2)
+    keys = routing_space_keys(tiny)[:3]
+    assert table.predict(keys) == pytest.approx(0.95 * (sum(latency[k.name] - 0.7 for k in keys) + 0.5))
 
 
 def test_missing_key_names_the_key_and_the_command(tiny):
@@ -214,7 +234,8 @@ def test_measure_networks_spreads_each_networks_bursts_over_a_host_whose_speed_c
             clock[0] += (1.5 if (clock[0] // 0.2) % 2 == 0 else 1.0) / 1e3
         return call
 
-    results = timing.measure_networks({"a": network("a"), "b": network("b")}, warmup=10, runs=100, burst=5, seed=0)
+    results = timing.measure_networks({"a": network("a"), "b": network("b")}, warmup=10, runs=100, burst=5, seed=0,
+                                      min_span_s=0)
     # one network's 100 timed calls in a row (burst=100) would put all of "a" in the first slow stretch
     assert results["a"]["p10_ms"] == pytest.approx(1.0) and results["b"]["p10_ms"] == pytest.approx(1.0)
     assert results["a"]["count"] == results["b"]["count"] == 100
@@ -222,6 +243,19 @@ def test_measure_networks_spreads_each_networks_bursts_over_a_host_whose_speed_c
     turns = [order[20 + 6 * t:26 + 6 * t] for t in range(40)]
     assert all(len(set(turn)) == 1 for turn in turns)
     assert all(sorted(turns[2 * r][0] + turns[2 * r + 1][0]) == ["a", "b"] for r in range(20))
+
+
+def test_fast_networks_get_enough_runs_to_span_the_minimum_measuring_time(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+
+    def call():  # 1 ms a call: two networks' rounds take 2 ms, so 1.5 s needs 750 of them
+        clock[0] += 1e-3
+
+    results = timing.measure_networks({"a": call, "b": call}, warmup=2, runs=100, burst=5, seed=0, min_span_s=1.5)
+    assert results["a"]["count"] == results["b"]["count"] == 750
+    # slow networks keep the runs asked for
+    assert timing.measure_networks({"a": call}, warmup=2, runs=100, burst=5, seed=0, min_span_s=0.05)["a"]["count"] == 100
 
 
 def test_space_definition_errors_name_the_problem(tmp_path):

@@ -129,7 +129,7 @@ def test_a_kit_runs_with_only_its_runtime_and_becomes_its_runtimes_table(name, t
     assert main(["profile", "ingest", str(device / "results.csv"), "--out", str(tmp_path / "t.csv")]) == 0
     table = load_table(tmp_path / "t.csv")
     assert table.meta["runtime"] == name and set(table.rows.index) == {k.name for k in routing_space_keys(tiny)}
-    assert 0 < table.overhead_ms < min(table.rows.p10_ms) and len(table.meta["calibration_networks"]) == 8
+    assert 0 < table.overhead_ms < min(table.rows.p10_ms) and len(table.meta["calibration_networks"]) == 16
     # the ONNX Runtime runner refuses this kit by what it is for, before opening a model
     proc = _run_device("ort_runner.py", BLOCKED["ort"], ["kit", "--out", "other.csv"], device)
     assert proc.returncode == 2 and f"a kit for {name}, not onnxruntime" in proc.stderr

@@ -67,7 +67,8 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
     from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks
 
     table.check_for(space.name, space_keys(space, table.batch))
-    networks = calibration_networks(space, table.batch)[:CALIBRATION_NETWORKS]
+    count = len(table.meta.get("calibration_networks", [])) or CALIBRATION_NETWORKS  # as many as the table was fitted on
+    networks = calibration_networks(space, table.batch, count)
     predicted = {f"network:{i}": table.predict_names(ops) for i, (ops, _) in enumerate(networks)}
     if not quiet:
         log.info("timing the table's %d calibration networks here ...", len(networks))

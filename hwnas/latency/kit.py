@@ -5,8 +5,8 @@ A kit is a folder: `manifest.json` (space, its definition and key fingerprint, b
 entry per key: key, model file, input shape) and `models/`. Each model is the op exported in eval mode,
 so BN is folded into the conv exactly as it is in a deployed network. The kit also carries a trivial
 model whose time is the runtime's fixed per-call cost, and a few random whole networks of the space:
-measured in the same rounds, they calibrate one scale factor from the sum of op latencies to the
-latency of a network (see `network_scale` in hwnas/latency/table.py).
+measured in the same rounds, they calibrate how the sum of op latencies becomes the
+latency of a network (see `network_scale` and `op_cost_ms` in hwnas/latency/table.py).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from profilers.runner import KIT_FORMAT
 log = logging.getLogger(__name__)
 
 CALIBRATION_KEY = "call_overhead"
-CALIBRATION_NETWORKS = 8
+CALIBRATION_NETWORKS = 16
 CALIBRATION_SEED = 1000  # `hwnas lut validate` samples its networks with other seeds
 # a table is refused when the device's 1-minute load average exceeded this as profiling started: one other
 # busy process adds about 1, and two busy processes slow each other several-fold on a small CPU
@@ -107,24 +107,61 @@ def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, 
     return manifest
 
 
-def calibration_networks(space: RoutingSpace | CellSpace, batch: int) -> list[tuple[list[str], nn.Module]]:
-    """(the key names of its ops, the network) for a few random networks of the space, always the same."""
+def calibration_networks(space: RoutingSpace | CellSpace, batch: int,
+                         count: int = CALIBRATION_NETWORKS) -> list[tuple[list[str], nn.Module]]:
+    """(the key names of its ops, the network) for `count` random networks of the space, always the same
+    (the first ones of a larger count too)."""
     rng = random.Random(CALIBRATION_SEED)
     torch.manual_seed(CALIBRATION_SEED)
-    archs = [sample_arch(space, rng) for _ in range(CALIBRATION_NETWORKS)]
+    archs = [sample_arch(space, rng) for _ in range(count)]
     return [([k.name for _, k in arch_keys(space, arch, batch)], build_network(space, arch)) for arch in archs]
 
 
-def network_scale(results: pd.DataFrame, networks: list[dict[str, Any]], overhead: float,
-                  estimator: str = DEFAULT_ESTIMATOR) -> tuple[float, list]:
-    """The median ratio of measured network latency to the sum of its ops (each less the per-call
-    overhead, plus the overhead once), over the calibration networks; 1 when there are none."""
-    fits = []
-    for net in networks:
-        ops_sum = sum(max(float(results.loc[k, estimator]) - overhead, 0.0) for k in net["ops"]) + overhead
-        fits.append({"key": net["key"], "ops_sum_ms": ops_sum, "measured_ms": float(results.loc[net["key"], estimator])})
-    ratios = sorted(f["measured_ms"] / f["ops_sum_ms"] for f in fits)
-    return (float(np.median(ratios)) if ratios else 1.0), fits
+def _network_ms(op_ms: list[float], overhead: float, scale: float, op_cost: float) -> float:
+    return scale * (sum(max(t - overhead - op_cost, 0.0) for t in op_ms) + overhead)
+
+
+def _fit_ratio(nets: list[tuple[list[float], float]], overhead: float) -> tuple[float, float]:
+    return float(np.median([m / _network_ms(ops, overhead, 1.0, 0.0) for ops, m in nets])), 0.0
+
+
+def _fit_op_cost(nets: list[tuple[list[float], float]], overhead: float) -> tuple[float, float] | None:
+    # measured = scale * (sum of (t - overhead) + overhead) - scale * op_cost * (number of ops): linear in
+    # scale and scale * op_cost
+    rows = np.array([[_network_ms(ops, overhead, 1.0, 0.0), -len(ops)] for ops, _ in nets])
+    (scale, scaled_cost), *_ = np.linalg.lstsq(rows, np.array([m for _, m in nets]), rcond=None)
+    return (float(scale), float(scaled_cost / scale)) if scale > 0 else None
+
+
+def fit_network_model(results: pd.DataFrame, networks: list[dict[str, Any]], overhead: float,
+                      estimator: str = DEFAULT_ESTIMATOR) -> tuple[float, float, dict[str, Any]]:
+    """(network_scale, op_cost_ms, the fit's record) from the calibration networks: see hwnas/latency/table.py.
+
+    Two models compete: a median ratio of measured to summed latency (op cost 0), and a least-squares
+    scale with a per-op cost. The one whose predictions of each network, fitted on the others, err
+    less wins; a runtime whose per-op call costs nothing beyond the trivial model's keeps the ratio."""
+    nets = [([float(results.loc[k, estimator]) for k in net["ops"]], float(results.loc[net["key"], estimator]))
+            for net in networks]
+    record: dict[str, Any] = {"networks": [
+        {"key": net["key"], "ops": len(ops), "ops_sum_ms": _network_ms(ops, overhead, 1.0, 0.0), "measured_ms": m}
+        for net, (ops, m) in zip(networks, nets)]}
+    if not nets:
+        return 1.0, 0.0, record
+    models = {"ratio": _fit_ratio, "per_op_cost": _fit_op_cost}
+    held_out_error = {}
+    for name, fit in models.items():
+        errors = []
+        for i, (ops, m) in enumerate(nets):
+            fitted = fit(nets[:i] + nets[i + 1:], overhead) if len(nets) >= 4 else None
+            if fitted is None:
+                break
+            errors.append(abs(_network_ms(ops, overhead, *fitted) / m - 1))
+        if len(errors) == len(nets):
+            held_out_error[name] = float(np.mean(errors) * 100)
+    best = min(held_out_error, key=held_out_error.get) if held_out_error else "ratio"
+    scale, op_cost = models[best](nets, overhead) or _fit_ratio(nets, overhead)
+    record.update(model=best, held_out_error_pct=held_out_error)
+    return scale, op_cost, record
 
 
 def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -145,8 +182,8 @@ def read_results(results_csv: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]
     if not isinstance(description, dict) or "kit" not in description or any(c not in results for c in needed):
         raise LatencyError(f"{path}: not the output of a kit runner (profilers/*_runner.py) "
                            f"(needs columns {', '.join(needed)} and a description with the kit)")
-    try:
-        RunnerDescription.model_validate(description)
+    try:  # the fields hwnas reads, as their types (a runner's extra fields kept as written)
+        description = RunnerDescription.model_validate(description).model_dump(exclude_unset=True)
     except ValidationError as exc:
         raise LatencyError(f"{description_path}: a damaged runner description ({format_validation_error(exc)}); "
                            "copy the file the runner wrote") from None
@@ -177,6 +214,11 @@ class NetworkEntry(_Described):
     ops: list[str]
 
 
+class DeviceInfo(_Described):
+    cpu_model: str = "unknown"
+    load_average_1min: float | None = None
+
+
 class RunnerDescription(_Described):
     """What `hwnas profile ingest` needs of the description a device runner writes beside its results."""
 
@@ -184,7 +226,17 @@ class RunnerDescription(_Described):
     space_definition: dict[str, Any]
     calibration_key: str
     networks: list[NetworkEntry] = []
-    device: dict[str, Any]
+    device: DeviceInfo
+    estimator: str = DEFAULT_ESTIMATOR
+    runtime: str | None = None
+    runtime_version: str | None = None
+    provider: str | None = None
+    threads: int | None = Field(None, gt=0)
+    warmup: int | None = Field(None, ge=0)
+    runs: int | None = Field(None, gt=0)
+    date: str | None = None
+    seconds: float | None = Field(None, ge=0)
+    unstable_keys: list[str] = []
 
 
 def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, force: bool = False,
@@ -216,7 +268,7 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
     if estimator not in STAT_COLUMNS:
         raise LatencyError(f"{results_csv}: its description names estimator {estimator!r}; one of {', '.join(STAT_COLUMNS)}")
     overhead = float(results.loc[description["calibration_key"], estimator])
-    scale, fits = network_scale(results, networks, overhead, estimator)
+    scale, op_cost, fit = fit_network_model(results, networks, overhead, estimator)
     meta = {
         "space": space.name, "space_definition": description["space_definition"], "batch": int(kit["batch"]),
         "dtype": kit["dtype"],
@@ -225,7 +277,8 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
         **{k: description[k] for k in ("runtime", "runtime_version", "provider", "threads", "warmup", "runs",
                                        "date", "seconds", "unstable_keys") if k in description},
         "estimator": estimator, "call_overhead_ms": overhead, "network_scale": scale,
-        "calibration_networks": fits, "kit_hwnas_version": kit["hwnas_version"], "hwnas_version": hwnas.__version__,
+        "op_cost_ms": op_cost, "calibration_networks": fit["networks"],
+        "network_fit": {k: fit[k] for k in ("model", "held_out_error_pct") if k in fit}, "kit_hwnas_version": kit["hwnas_version"], "hwnas_version": hwnas.__version__,
         "opset": kit.get("opset"),
     }
     out = Path(out).with_suffix(".csv")

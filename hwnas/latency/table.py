@@ -9,11 +9,14 @@ Prediction uses the column named by `estimator` in the metadata, `p10_ms` by def
 a quiet device, which repeats within a few percent even on a shared machine (profilers/measure.py).
 Each kit model was timed as its own runtime call, which includes the runtime's fixed
 per-call cost (`call_overhead_ms`, measured on a trivial model in the same session). A network makes
-that call once, so its latency is the sum over its ops of (latency - overhead), plus the overhead once,
-times `network_scale`: the median ratio of measured to summed latency over a few random networks of
-the space, each timed in bursts of consecutive calls as a deployed network runs, in the same rounds as
-the ops (ops measured one after another find their weights colder than a network run again and again
-does; the scale is 5-15% below 1).
+that call once, and its ops pass tensors to each other inside it instead of copying them in and out,
+so a network's latency is `network_scale` x (the sum over its ops of (latency - overhead - `op_cost_ms`),
+plus the overhead once). Both numbers are fitted on a few random networks of the space, each timed in
+bursts of consecutive calls as a deployed network runs, in the same rounds as the ops (see
+`fit_network_model` in hwnas/latency/kit.py): the scale says that ops timed one after another find their
+weights colder than a network run again and again does; the per-op cost is what an op's own call
+spends beyond the trivial model's (its input and output copies, a delegate's dispatch), about 0.01 ms
+with ExecuTorch and LiteRT here and 0 where a median ratio predicts better.
 """
 
 from __future__ import annotations
@@ -92,6 +95,13 @@ class LatencyTable:
     def scale(self) -> float:
         return float(self.meta.get("network_scale", 1.0))
 
+    @property
+    def op_cost_ms(self) -> float:
+        return float(self.meta.get("op_cost_ms", 0.0))
+
+    def _inside_ms(self, name: str) -> float:
+        return max(self._latency[name] - self.overhead_ms - self.op_cost_ms, 0.0)
+
     def __contains__(self, key: OpKey) -> bool:
         return key.name in self._latency
 
@@ -124,10 +134,10 @@ class LatencyTable:
         return self
 
     def op_ms(self, key: OpKey) -> float:
-        """The op's latency inside a network: its measured latency less the per-call overhead, scaled."""
+        """The op's latency inside a network: its measured latency less the costs of its own call, scaled."""
         if key.name not in self._latency:
             self.require([key])
-        return self.scale * max(self._latency[key.name] - self.overhead_ms, 0.0)
+        return self.scale * self._inside_ms(key.name)
 
     def predict(self, keys: Iterable[OpKey]) -> float:
         """Predicted latency (ms) of one network made of `keys` (repeats counted)."""
@@ -141,7 +151,7 @@ class LatencyTable:
         missing = [n for n in names if n not in self._latency]
         if missing:
             raise LatencyError(f"{self.source} lacks key {missing[0]}")
-        return self.scale * (sum(max(self._latency[n] - self.overhead_ms, 0.0) for n in names) + self.overhead_ms)
+        return self.scale * (sum(self._inside_ms(n) for n in names) + self.overhead_ms)
 
     def rescaled(self, factor: float, reason: dict[str, Any]) -> "LatencyTable":
         """The same table with every prediction times `factor` (its `network_scale`), saying why."""

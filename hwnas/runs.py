@@ -105,6 +105,8 @@ class RunDir:
     @classmethod
     def prepare(cls, path: str | Path, config: dict[str, Any], resume: bool) -> "RunDir":
         run = cls(Path(path))
+        if run.path.exists() and not run.path.is_dir():
+            raise HwnasError(f"--out {run.path} is a file; a run's --out is a folder: choose another")
         saved = run.path / cls.CONFIG
         if resume:
             if not saved.is_file():

@@ -25,6 +25,7 @@ from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset,
 from hwnas.engine import Engine, Parts, RunningMean, cosine_lr, seed_of
 from hwnas.kinds import kind_of
 from hwnas.latency.check import check_before_search
+from hwnas.memory import require_memory
 from hwnas.methods import SearchMethod, frozen, get_method
 from hwnas.models import count_parameters
 from hwnas.runs import RunDir, write_json
@@ -221,6 +222,9 @@ def search(config: SearchConfig, out: str | Path, resume: bool = False, quiet: b
     started = time.perf_counter()
     dataset = load_dataset(config.data)
     method = get_method(config.method.name)(config, dataset.num_classes, dataset.channels)
+    require_memory(method.build_supernet,
+                   (config.search.batch_size, dataset.channels, dataset.image_size, dataset.image_size), config.device,
+                   "the supernet", "its width or depth (method.supernet:, or the space), or search.batch_size")
     distributed.setup(config.device)  # before the run directory: rank 0 prepares it for all
     table = getattr(config.method, "table", None)
     table_check = distributed.on_main(lambda: check_before_search(table)) if table and check_table else None

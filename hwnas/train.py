@@ -23,6 +23,7 @@ from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset,
 from hwnas.engine import Engine, RunningMean, Value, cosine_lr, seed_of
 from hwnas.errors import CheckpointError, HwnasError
 from hwnas.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
+from hwnas.memory import require_memory
 from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_json
 
@@ -258,6 +259,9 @@ def train(config: TrainConfig, arch, out: str | Path, resume: bool = False, quie
     """Train the final network of `arch`; returns the report (also written to `report.json`)."""
     started = time.perf_counter()
     dataset = load_dataset(config.data)  # a missing or broken dataset stops here, before the run directory exists
+    require_memory(lambda: build_model(arch, config.model, dataset.num_classes, dataset.channels),
+                   (config.train.batch_size, dataset.channels, dataset.image_size, dataset.image_size), config.device,
+                   "this network", "its width or depth (model:), or train.batch_size")
     distributed.setup(config.device)  # before the run directory: rank 0 prepares it for all
     run = distributed.on_main(lambda: RunDir.prepare(out, {"arch": arch.to_dict(), **config_to_dict(config)}, resume))
     with run.kept_once_started():

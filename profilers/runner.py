@@ -74,7 +74,7 @@ RUNNER_OF = {"onnxruntime": "ort_runner.py", "executorch": "executorch_runner.py
 def _is_model_entry(entry: object) -> bool:
     return (isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("file"), str)
             and isinstance(entry.get("input_shape"), list) and 0 < len(entry["input_shape"]) <= 6
-            and all(isinstance(n, int) and 0 < n <= 4096 for n in entry["input_shape"]))
+            and all(type(n) is int and 0 < n <= 4096 for n in entry["input_shape"]))
 
 
 def kit_calls(runtime: Any, kit_dir: str | Path, manifest: dict, threads: int

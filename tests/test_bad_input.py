@@ -153,12 +153,20 @@ CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("config-unknown-key", lambda t: search_args(darts_config(t, "  epochz: 6\n")), "search.epochz: unknown key"),
     ("config-wrong-type", lambda t: search_args(darts_config(t, "  epochs: six\n")), "search.epochs"),
     ("config-negative-epochs", lambda t: search_args(darts_config(t, "  epochs: -3\n")), "search.epochs"),
+    ("config-out-is-a-file", lambda t: ["train", "--arch", "DARTS_V2", "--out", str(write(t / "f", "mine\n"))],
+     "is a file; a run's --out is a folder"),
     ("config-missing-file", lambda t: search_args(str(t / "absent.yaml")), "absent.yaml"),
     ("config-not-yaml", lambda t: search_args(str(write(t / "r.yaml", "method: [darts\n"))), "r.yaml"),
     ("config-bad-override", lambda t: ["search", "darts", "--set", "search.batch_size=0"], "search.batch_size"),
     # sizes no network has: refused by key, not by the allocator
     ("config-absurd-supernet-width", lambda t: ["search", "darts", "--set", "method.supernet.init_channels=1000000"],
      "method.supernet.init_channels: Input should be less than or equal to 16384"),
+    # sizes a network may have, but not on this machine: refused before the allocator is asked (its answer
+    # is the operating system killing the process, leaving a half-made run folder)
+    ("config-supernet-larger-than-memory", lambda t: ["search", "darts", "--set", "method.supernet.init_channels=16384"],
+     "training the supernet on batches of 64 would need about"),
+    ("config-network-larger-than-memory", lambda t: ["train", "--arch", "DARTS_V2", "--set", "model.init_channels=16384"],
+     "training this network on batches of 64 would need about"),
     ("config-absurd-classes-flag", lambda t: ["info", "--arch", "DARTS_V2", "--num-classes", "1000000000000"],
      "--num-classes: must lie in 1..100000"),
     ("config-absurd-classes-in-a-space", lambda t: ["search", "densenas", "--set", "method.space=" + str(write(
@@ -354,3 +362,20 @@ def test_a_warning_waits_for_the_work_and_never_precedes_the_error_line(tmp_path
     done = hwnas("baseline", "hand", "--space", "densenas_32", "--table", str(table), "--target-ms", "4",
                  "--out", str(tmp_path / "a.json"))
     assert done.returncode == 0 and "Imaginary ARM Cortex-Z9" in done.stderr, done.stderr
+
+
+def test_the_memory_a_training_holds_is_counted_from_a_forward_pass_on_the_meta_device(monkeypatch):
+    from torch import nn
+
+    from hwnas import memory
+    from hwnas.errors import HwnasError
+
+    def build():
+        return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU())
+
+    # 20 weights held four times (weight, gradient, two optimizer states) and two layer outputs of 4x2x5x5
+    assert memory.training_bytes(build, (4, 1, 5, 5)) == 4 * (4 * 20 + 2 * 200)
+    monkeypatch.setattr(memory, "free_bytes", lambda device: 1500)
+    with pytest.raises(HwnasError, match=r"on batches of 4 would need about .* GiB, more than the .* GiB free on cpu; lower x$"):
+        memory.require_memory(build, (4, 1, 5, 5), "cpu", "it", "x")
+    memory.require_memory(build, (2, 1, 5, 5), "cpu", "it", "x")  # 1120 bytes fit

@@ -297,3 +297,31 @@ def test_a_mutated_file_is_used_or_refused_in_one_line(kind, data, tmp_path, cap
 def test_many_mutated_files(kind, data, tmp_path, capsys, kit_and_results, trained_weights, monkeypatch):
     monkeypatch.chdir(ROOT)
     run_driver(kind, data, tmp_path, capsys, kit_and_results, trained_weights)
+
+
+# what the many examples found, kept as fixed cases
+def test_a_kit_whose_input_shape_holds_a_boolean_is_refused(tmp_path, capsys, kit_and_results):
+    from profilers.ort_runner import main as runner
+
+    kit = tmp_path / "kit"
+    shutil.copytree(kit_and_results / "kit", kit)
+    manifest = json.loads((kit / "manifest.json").read_text())
+    manifest["entries"][3]["input_shape"][0] = True  # a bool is an int to Python, not to numpy
+    (kit / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "results.csv"
+    assert check_outcome(lambda: runner([str(kit), "--out", str(out), "--warmup", "0", "--runs", "1"]),
+                         kit, [out, out.with_suffix(".json")], capsys, prefix="ort_runner") == 2
+
+
+def test_a_runner_description_whose_unstable_keys_are_not_a_list_is_refused(tmp_path, capsys, kit_and_results):
+    for value in (True, None):
+        (tmp_path / "in").mkdir()
+        results = tmp_path / "in" / "results.csv"
+        shutil.copy(kit_and_results / "results.csv", results)
+        description = json.loads((kit_and_results / "results.json").read_text())
+        description["unstable_keys"] = value
+        results.with_suffix(".json").write_text(json.dumps(description))
+        out = tmp_path / "table.csv"
+        assert check_outcome(lambda: main(["profile", "ingest", str(results), "--out", str(out)]),
+                             tmp_path / "in", [out, out.with_suffix(".json")], capsys) == 2
+        shutil.rmtree(tmp_path / "in")

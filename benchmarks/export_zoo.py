@@ -1,6 +1,6 @@
 """Every published cell (at the CIFAR-10 setting, C=36, 20 cells) and DenseNAS-C (ImageNet, 224x224)
 through `hwnas export`, in each runtime: parity with PyTorch and the latency measured in the runtime
-(1 thread, batch 1), beside the shipped table's prediction where one exists (ONNX Runtime).
+(1 thread, batch 1), beside the runtime's shipped table's prediction where one exists.
 
     python benchmarks/export_zoo.py --format onnx      # ONNX Runtime (and .ort) and PyTorch eager
     python benchmarks/export_zoo.py --format pte       # in an environment with the executorch extra
@@ -25,10 +25,12 @@ from hwnas.export import export, resolve_network
 from hwnas.runtimes import get_runtime
 from profilers import measure as timing
 
-TABLES = "latency_tables/amd-epyc-2core-ort-1thread"
-NETWORKS = [(name, "cifar10", f"{TABLES}/darts_cifar10.csv")
+# each runtime's shipped tables of this machine; a network is predicted where its runtime has its space's table
+TABLES = {"onnx": "latency_tables/amd-epyc-2core-ort-1thread", "pte": "latency_tables/amd-epyc-2core-executorch-1thread",
+          "tflite": "latency_tables/amd-epyc-2core-litert-1thread"}
+NETWORKS = [(name, "cifar10", "darts_cifar10.csv")
             for name in ("DARTS_V1", "DARTS_V2", "PC_DARTS_cifar", "PC_DARTS_image", "PDARTS", "GDAS_V1", "GDAS_F1")]
-NETWORKS.append(("DenseNAS-C", "imagenet", f"{TABLES}/densenas_224.csv"))
+NETWORKS.append(("DenseNAS-C", "imagenet", "densenas_224.csv"))
 
 
 def eager_ms(name: str, dataset: str, runs: int) -> float:
@@ -41,7 +43,8 @@ def eager_ms(name: str, dataset: str, runs: int) -> float:
 
 def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: int) -> dict:
     # GDAS_F1's fixed reduction cell has no table keys: it is exported and measured without a prediction
-    use_table = table if fmt == "onnx" and name != "GDAS_F1" else None
+    table_path = Path(TABLES[fmt]) / table
+    use_table = str(table_path) if table_path.is_file() and name != "GDAS_F1" else None
     started = time.perf_counter()
     report = export(name, tmp / f"{name}.onnx", dataset=dataset, table=use_table, ort_format=fmt == "onnx",
                     formats=[] if fmt == "onnx" else [fmt], runs=runs)
@@ -53,7 +56,8 @@ def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: 
     row = {"arch": name, "dataset": dataset, "params": report["params"], "macs": report["macs"],
            "random_max_abs_diff": checks["random"]["max_abs_diff"], "tolerance": checks["random"]["tolerance"],
            "max_abs_output": checks["random"]["max_abs_output"], "bytes": path.stat().st_size,
-           "measured_ms": lat["measured_ms"], "predicted_ms": lat.get("predicted_ms"), "error_pct": lat.get("error_pct")}
+           "measured_ms": lat["measured_ms"], "predicted_ms": lat.get("predicted_ms"), "error_pct": lat.get("error_pct"),
+           "table": use_table}
     if fmt == "onnx":
         row["ort_max_abs_diff"] = report["ort"]["parity"]["max_abs_diff"]
         row["torch_eager_ms"] = eager_ms(name, dataset, runs)

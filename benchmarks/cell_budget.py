@@ -17,9 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from hwnas.config import SearchConfig, load_config
+from hwnas.config import load_config
+from hwnas.methods import SearchConfig
 from hwnas.export import export
-from hwnas.genotypes import Genotype, save_genotype
+from hwnas.archs.genotype import Genotype
+from hwnas.runs import write_json
 from hwnas.latency.cost import CellCost
 from hwnas.latency.table import load_table
 from hwnas.search import search
@@ -49,7 +51,7 @@ def main() -> None:
         report = search(config, Path(args.runs) / f"{method}-{budget}ms", quiet=True)
         genotype = Genotype.from_dict(report["arch"])
         with tempfile.TemporaryDirectory() as tmp:
-            save_genotype(genotype, Path(tmp) / "arch.json")
+            write_json(Path(tmp) / "arch.json", genotype.to_dict())
             exported = export(str(Path(tmp) / "arch.json"), Path(tmp) / "net.onnx", dataset="cifar10", table=TABLE)
         lat = exported["latency"]
         rows.append({"method": method, "budget_ms": budget, "predicted_ms": report["predicted_latency_ms"],

@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from hwnas.baselines import random_genotypes
-from hwnas.config import SearchConfig, TrainConfig, load_config
-from hwnas.genotypes import Genotype
+from hwnas.config import TrainConfig, load_config
+from hwnas.methods import SearchConfig
+from hwnas.archs.genotype import Genotype
 from hwnas.search import search
 from hwnas.spaces.definition import load_space
 from hwnas.train import train

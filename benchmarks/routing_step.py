@@ -25,7 +25,8 @@ def measure(space: str, sharing: str, steps: int, batch: int) -> dict:
     import torch
 
     from hwnas.allocator import keep_freed_memory
-    from hwnas.config import SearchConfig, load_config
+    from hwnas.config import load_config
+    from hwnas.methods import SearchConfig
     from hwnas.methods import get_method
     from hwnas.models import count_parameters
     from hwnas.search import arch_step, weight_step

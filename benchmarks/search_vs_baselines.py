@@ -33,12 +33,13 @@ import time
 from pathlib import Path
 
 from hwnas.baselines import hand_designed, hand_designed_family, layers, random_routed_archs
-from hwnas.config import SearchConfig, TrainConfig, load_config, resolve_path
+from hwnas.config import TrainConfig, load_config, resolve_path
+from hwnas.methods import SearchConfig
 from hwnas.latency.check import time_networks
 from hwnas.latency.cost import RoutingCost
 from hwnas.latency.networks import build_network
 from hwnas.latency.table import load_table
-from hwnas.routed import RoutedArch
+from hwnas.archs.routed import RoutedArch
 from hwnas.search import search
 from hwnas.spaces.definition import load_space
 from hwnas.train import train

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from hwnas.errors import ArchitectureError, HwnasError
-from hwnas.genotypes import Genotype
+from hwnas.archs.genotype import Genotype
 from hwnas.latency.cost import CellCost, RoutingCost
 from hwnas.latency.networks import sample_arch
-from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.archs.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
 
 TOLERANCE = 0.03

@@ -47,7 +47,8 @@ def _milliseconds(text: str) -> float:
 
 
 def _search(args: argparse.Namespace) -> dict[str, Any]:
-    from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
+    from hwnas.config import build_config, read_yaml, resolve_path
+    from hwnas.methods import SearchConfig
     from hwnas.runs import RunDir
     from hwnas.search import search
 
@@ -70,14 +71,13 @@ def _search(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.config import TrainConfig, build_config, read_yaml, resolve_path
-    from hwnas.models import arch_from_json, load_arch
-    from hwnas.kinds import kind_of
+    from hwnas.kinds import arch_from_dict, kind_of, load_arch
     from hwnas.runs import RunDir
     from hwnas.train import train
 
     if args.resume and args.out and not args.config and not args.set:
         saved = RunDir.saved_config(args.out)
-        arch = arch_from_json(saved.pop("arch"))
+        arch = arch_from_dict(saved.pop("arch"))
         if args.arch and load_arch(args.arch) != arch:
             raise HwnasError(f"--resume: {args.out} trains another architecture than {args.arch}")
         config = build_config(TrainConfig, saved, f"{args.out}/config.yaml")
@@ -295,7 +295,7 @@ def _run_options(p: argparse.ArgumentParser, name: str, example: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from hwnas.methods import method_names
-    from hwnas.runtimes import file_runtime_names, runtime_names
+    from hwnas.runtimes import DEFAULT_RUNTIME, export_formats, file_runtime_names, runtime_names
 
     parser = _Parser(prog="hwnas", description="Hardware-aware neural architecture search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write (.ort and .int8.onnx go beside it)")
     p.add_argument("--table", help="latency table: print its prediction beside the measured latency")
     p.add_argument("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort)")
-    p.add_argument("--format", nargs="+", choices=["onnx", "ort", "pte", "tflite"],
+    p.add_argument("--format", nargs="+", choices=list(export_formats()),
                    help="files to write beside the .onnx (always written): ort (ONNX Runtime mobile), pte "
                         "(ExecuTorch XNNPACK), tflite (LiteRT); each checked against PyTorch and timed in its runtime")
     p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model")
@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with the runtime's runner (profilers/*_runner.py) run on the device in between.")
     p.add_argument("--space", help="space name under configs/spaces/ (densenas_224, densenas_32, darts_cifar10) or YAML")
     p.add_argument("--out", help="latency table CSV to write (its .json goes beside it)")
-    p.add_argument("--runtime", "--backend", dest="runtime", choices=runtime_names(), default="ort",
+    p.add_argument("--runtime", "--backend", dest="runtime", choices=runtime_names(), default=DEFAULT_RUNTIME,
                    help="what the table is measured with (executorch and litert need their extras)")
     p.add_argument("--name", help="device name recorded in the table")
     p.add_argument("--threads", type=_count(MAX_THREADS), default=1)
@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="profile_command", parser_class=_Parser)
     k = psub.add_parser("kit", help="write one model per latency key in a runtime's format, to run on a device")
     k.add_argument("--space", required=True)
-    k.add_argument("--runtime", choices=file_runtime_names(), default="ort")
+    k.add_argument("--runtime", choices=file_runtime_names(), default=DEFAULT_RUNTIME)
     k.add_argument("--out", required=True, help="kit folder (must not exist or be empty)")
     k.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     k.add_argument("--json", action="store_true")

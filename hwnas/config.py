@@ -2,7 +2,8 @@
 
 Every config is a pydantic model with unknown keys forbidden and strict types, so a typo or a
 wrong type is an error naming the key and the file instead of a silently ignored setting.
-A method's own options live under `method:` and are validated by the method's `Options` model.
+A method's own options live under `method:` and are validated by the method's `Options` model; the
+search config that holds them is `hwnas.methods.SearchConfig`, so this module knows no method.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
 from hwnas.errors import ConfigError
 from hwnas.limits import MAX_CELL_NODES, MAX_CHANNELS, MAX_DEPTH
+from hwnas.runtimes import DEFAULT_RUNTIME, file_runtime_names
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,51 +106,6 @@ class MethodConfig(Strict):
     name: str
 
 
-class SearchConfig(Strict):
-    # SerializeAsAny: dump the method's own options too, not only the base class's `name`
-    method: SerializeAsAny[MethodConfig]
-    seed: int = 2
-    device: str = "cpu"
-    data: SearchDataConfig = SearchDataConfig()
-    search: SearchLoopConfig = SearchLoopConfig()
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _method_options(cls, value: Any) -> MethodConfig:
-        from hwnas.methods import get_method
-
-        if isinstance(value, str):
-            value = {"name": value}
-        if isinstance(value, MethodConfig):
-            return value
-        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            raise ValueError("expected a mapping with a `name` (for example `method: {name: darts}`)")
-        try:
-            return get_method(value["name"]).Options.model_validate(value)
-        except ValidationError as exc:  # re-raised whole so the keys keep their `method.` prefix
-            raise ConfigError(format_validation_error(exc, prefix="method.")) from None
-
-    _device = field_validator("device")(lambda value: check_device(value))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _supernet_belongs_to_the_method(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "supernet" in data:
-            # a ConfigError (not a ValueError) so the message is this one line, as a field error would be
-            raise ConfigError("supernet: the cell supernet's settings are options of the cell methods; move the "
-                              "`supernet:` block under `method:` (method.supernet.layers, ...)")
-        return data
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "SearchConfig":
-        if self.search.arch_start_epoch >= self.search.epochs:
-            raise ValueError(
-                f"search.arch_start_epoch ({self.search.arch_start_epoch}) must be below "
-                f"search.epochs ({self.search.epochs}), or the architecture never moves"
-            )
-        return self
-
-
 class ModelConfig(Strict):
     """The final network. Cell genotypes: the layout, width and depth below; routed (DenseNAS)
     architectures take their blocks from their space, and only `dropout` applies."""
@@ -217,8 +174,6 @@ class RunConfig(Strict):
     @field_validator("runtime", check_fields=False)
     @classmethod
     def _known_runtime(cls, value: str) -> str:
-        from hwnas.runtimes import file_runtime_names
-
         if value not in file_runtime_names():
             raise ValueError(f"runtime {value!r}: `hwnas run` deploys to {', '.join(file_runtime_names())}")
         return value
@@ -227,7 +182,7 @@ class RunConfig(Strict):
                                    "agrees with its calibration networks timed here, rescaled when off by one "
                                    "factor, otherwise the space is profiled first")
     budget_ms: float = Field(gt=0.0, allow_inf_nan=False, description="latency budget of the derived network")
-    runtime: str = Field("ort", description="the runtime the network is deployed with: its latency table (the "
+    runtime: str = Field(DEFAULT_RUNTIME, description="the runtime the network is deployed with: its latency table (the "
                                             "shipped one when its runtime matches, else one shipped for it, else "
                                             "profiled here), its exported file, its measured latency")
     search: StageConfig

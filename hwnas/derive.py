@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from hwnas.errors import HwnasError
-from hwnas.genotypes import Genotype, Pairs
-from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.archs.genotype import Genotype, Pairs
+from hwnas.archs.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import RoutingSpace
 
 if TYPE_CHECKING:

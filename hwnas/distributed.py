@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from hwnas.errors import HwnasError
-from hwnas.ops import count_training_batch
+from hwnas.ops.kernels import count_training_batch
 
 
 def launched_ranks() -> int:

@@ -27,11 +27,11 @@ from torch import nn
 
 from hwnas.config import DataConfig, ModelConfig, TrainConfig, build_config, read_yaml
 from hwnas.errors import CheckpointError, DataError, HwnasError
+from hwnas.kinds import arch_from_dict, build_model, kind_of, load_arch
+from hwnas.models import count_macs, count_parameters
+from hwnas.runtimes import export_formats, get_runtime
 from hwnas.runtimes.onnx import OPSET, export_onnx
-from hwnas.models import arch_from_json, build_model, count_macs, count_parameters, load_arch
-from hwnas.kinds import kind_of
 from hwnas.train import arch_text, build_from_weights, load_weights
-from hwnas.runtimes import get_runtime
 from hwnas.runtimes.parity import outputs_in_batches, parity, with_outputs_of_order_one
 from profilers.ort_runner import open_session
 
@@ -51,14 +51,7 @@ class ExportError(HwnasError):
     pass
 
 
-def _formats() -> dict[str, str]:
-    from hwnas.runtimes import RUNTIMES, FileRuntime
-
-    found = {r.suffix.lstrip("."): r.name for r in RUNTIMES.values() if isinstance(r, FileRuntime)}
-    return {**found, "ort": "ort"}  # .ort: ONNX Runtime's mobile form of the .onnx
-
-
-FORMATS = _formats()  # export format -> the runtime that runs it
+FORMATS = export_formats()  # export format -> the runtime that runs it
 
 
 def format_runtime(fmt: str):
@@ -77,7 +70,7 @@ def resolve_network(arch: str | None, weights: str | None, dataset: str | None) 
     untrained one as the dataset's default recipe builds it."""
     if weights:
         state = load_weights(weights)
-        trained = arch_from_json(state["arch"])
+        trained = arch_from_dict(state["arch"])
         if arch is not None and load_arch(arch) != trained:
             raise CheckpointError(f"{weights} holds weights of another architecture, not {arch}; "
                                   "leave --arch out to export the one it was trained for")

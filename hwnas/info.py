@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hwnas.config import SearchConfig, build_config, read_yaml, resolve_path
+from hwnas.config import build_config, read_yaml, resolve_path
+from hwnas.methods import SearchConfig
 from hwnas.kinds import kind_of, load_arch
 from hwnas.methods import get_method
 from hwnas.models import count_macs, count_parameters

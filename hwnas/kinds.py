@@ -1,7 +1,7 @@
 """Kinds of architecture, each behind one interface, looked up by `kind`.
 
-A cell space's architectures are genotypes (`hwnas/genotypes.py`), a routing space's are routed paths
-(`hwnas/routed.py`). What differs between them (how one is read, printed, built into its final network,
+A cell space's architectures are genotypes (`hwnas/archs/genotype.py`), a routing space's are routed paths
+(`hwnas/archs/routed.py`). What differs between them (how one is read, printed, built into its final network,
 keyed for latency, sampled, drawn, trained by default) is asked of `kind_of(arch_or_space)`, so shared
 code never tests which type it holds, and a third kind of space is one more class here.
 """
@@ -91,7 +91,7 @@ class CellKind(ArchKind):
         return "normal" in data
 
     def zoo(self) -> dict[str, Any]:
-        from hwnas.genotypes import ZOO
+        from hwnas.archs.genotype import ZOO
 
         return ZOO
 
@@ -116,7 +116,7 @@ class CellKind(ArchKind):
         }
 
     def from_dict(self, data: Any):
-        from hwnas.genotypes import Genotype
+        from hwnas.archs.genotype import Genotype
 
         return Genotype.from_dict(data)
 
@@ -155,7 +155,7 @@ class CellKind(ArchKind):
 
     def sample(self, space, rng: random.Random):
         """Random cells: each node takes two distinct earlier states, each with a random op other than none."""
-        from hwnas.genotypes import Genotype
+        from hwnas.archs.genotype import Genotype
 
         ops = [op for op in space.primitives if op != "none"]
 
@@ -194,7 +194,7 @@ class RoutingKind(ArchKind):
         return "blocks" in data
 
     def zoo(self) -> dict[str, Any]:
-        from hwnas.routed import ROUTED_ZOO
+        from hwnas.archs.routed import ROUTED_ZOO
 
         return ROUTED_ZOO
 
@@ -215,7 +215,7 @@ class RoutingKind(ArchKind):
         }
 
     def from_dict(self, data: Any):
-        from hwnas.routed import RoutedArch
+        from hwnas.archs.routed import RoutedArch
 
         return RoutedArch.from_dict(data)
 
@@ -268,7 +268,7 @@ class RoutingKind(ArchKind):
         """A uniform random walk from block 0 to the final block, with uniform head and stack ops (skip
         layers dropped). Not uniform over architectures (short paths are favoured): for baselines use
         hwnas.baselines.random_routed_archs."""
-        from hwnas.routed import RoutedArch, RoutedBlock
+        from hwnas.archs.routed import RoutedArch, RoutedBlock
 
         blocks, current = [], 0
         while True:
@@ -290,6 +290,11 @@ KINDS: dict[str, ArchKind] = {kind.name: kind for kind in (CellKind(), RoutingKi
 def kind_of(arch_or_space) -> ArchKind:
     """The kind of an architecture or a space (both carry `kind`)."""
     return KINDS[arch_or_space.kind]
+
+
+def build_model(arch, model_cfg, num_classes: int, in_channels: int) -> nn.Module:
+    """The final network of an architecture: a cell genotype with `model_cfg`'s layout, a routed one of its space."""
+    return kind_of(arch).build_model(arch, model_cfg, num_classes, in_channels)
 
 
 def arch_from_dict(data: Any):

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hwnas.config import RunConfig, SearchConfig, TrainConfig, build_config, config_to_dict, read_yaml, resolve_path
+from hwnas.config import RunConfig, TrainConfig, build_config, config_to_dict, read_yaml, resolve_path
+from hwnas.methods import SearchConfig, run_method_names
 from hwnas.errors import ConfigError, HwnasError
 from hwnas.files import read_json
 from hwnas.runs import RunDir, write_json
@@ -119,11 +120,10 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
     varies by 5-10% from one process to the next: the network that will be deployed is the one to time.
     Returns the architecture to train and the rounds, decided once per run (`fit.json`)."""
     from hwnas.data import load_dataset
-    from hwnas.latency.cost import RoutingCost
     from hwnas.latency.table import load_table
     from hwnas.latency.validate import predict
     from hwnas.methods import get_method
-    from hwnas.routed import RoutedArch
+    from hwnas.archs.routed import RoutedArch
     from hwnas.runs import load_checkpoint
 
     decided = run_dir / "fit.json"
@@ -132,7 +132,7 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
         return RoutedArch.from_dict(fit["arch"]), fit
     table = load_table(search_config.method.table)
     dataset = load_dataset(search_config.data)
-    method = get_method("densenas")(search_config, dataset.num_classes, dataset.channels)
+    method = get_method(search_config.method.name)(search_config, dataset.num_classes, dataset.channels)
     model = None
     rounds, scale = [], 1.0
     for attempt in range(FIT_ROUNDS):
@@ -153,7 +153,7 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
         factor = measured / predicted
         scale *= factor
         table = table.rescaled(factor, {"reason": "the derived network timed here"})
-        method.latency.cost = RoutingCost(method.space, table)
+        method.use_table(table)
         arch = method.derive(model)
     fit = {"arch": arch.to_dict(), "rounds": rounds}
     if len(rounds) > 1:  # the table the network was derived with, so the report predicts with it too
@@ -194,9 +194,9 @@ def _stage_config(model, stage, extra: list[str]):
 def run(config: RunConfig, out: str | Path, resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     started = time.perf_counter()
     search_config = _stage_config(SearchConfig, config.search, [])
-    if search_config.method.name != "densenas":
-        raise ConfigError(f"{config.search.config}: `hwnas run` searches with densenas, "
-                          f"not {search_config.method.name}")
+    if search_config.method.name not in run_method_names():
+        raise ConfigError(f"{config.search.config}: `hwnas run` searches with a method that re-derives under a "
+                          f"measured budget ({', '.join(run_method_names())}), not {search_config.method.name}")
     run = RunDir.prepare(out, config_to_dict(config), resume)
     with run.kept_once_started():
         return _run_stages(config, search_config, run.path, quiet, started)
@@ -206,7 +206,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
                 started: float) -> dict[str, Any]:
     """`run` in its prepared folder: table, search, fit, training, export, report."""
     from hwnas.export import export
-    from hwnas.routed import RoutedArch
+    from hwnas.archs.routed import RoutedArch
     from hwnas.search import search
     from hwnas.spaces.definition import load_space
     from hwnas.train import train

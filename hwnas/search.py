@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from hwnas import distributed
-from hwnas.config import SearchConfig, config_to_dict
+from hwnas.config import config_to_dict
+from hwnas.methods import SearchConfig
 from hwnas.data import BatchStream, Dataset, Source, iterate_once, load_dataset, split_indices
 from hwnas.engine import Engine, Parts, RunningMean, cosine_lr, seed_of
 from hwnas.kinds import kind_of

@@ -24,7 +24,8 @@ from hwnas.engine import Engine, RunningMean, Value, cosine_lr, seed_of
 from hwnas.errors import CheckpointError, HwnasError
 from hwnas.limits import MAX_CHANNELS, MAX_CLASSES, MAX_SIDE
 from hwnas.memory import require_memory
-from hwnas.models import arch_from_json, build_model, count_macs, count_parameters
+from hwnas.kinds import arch_from_dict, build_model
+from hwnas.models import count_macs, count_parameters
 from hwnas.runs import RunDir, load_checkpoint, save_checkpoint, write_json
 
 log = logging.getLogger("hwnas.train")
@@ -108,7 +109,7 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["state_dict"].items()):
         raise damaged("`state_dict` holds something other than named tensors")
     try:
-        arch_from_json(state["arch"])
+        arch_from_dict(state["arch"])
         ModelConfig.model_validate(state["model"])
     except HwnasError as exc:
         raise damaged(str(exc)) from None
@@ -119,7 +120,7 @@ def load_weights(path: str | Path) -> dict[str, Any]:
 
 def build_from_weights(state: dict[str, Any], source: str) -> nn.Module:
     """The network a weights file describes, with its weights loaded."""
-    model = build_model(arch_from_json(state["arch"]), ModelConfig.model_validate(state["model"]),
+    model = build_model(arch_from_dict(state["arch"]), ModelConfig.model_validate(state["model"]),
                         state["num_classes"], state["in_channels"])
     try:
         model.load_state_dict(state["state_dict"])

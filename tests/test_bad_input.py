@@ -42,7 +42,7 @@ def darts_config(tmp: Path, change: str) -> str:
 
 
 def genotype(tmp: Path, **change) -> str:
-    from hwnas.genotypes import ZOO
+    from hwnas.archs.genotype import ZOO
 
     data = {**ZOO["DARTS_V2"].to_dict(), **change}
     return str(write(tmp / "arch.json", json.dumps(data)))
@@ -79,8 +79,8 @@ def fashion_mnist(tmp: Path, truncate: bool) -> str:
 def weights(tmp: Path, arch: str = "DARTS_V2", mangle: Callable[[bytes], bytes] | None = None) -> str:
     """A real weights file of a small cell network (as `hwnas train` writes them), optionally mangled."""
     from hwnas.config import ModelConfig
-    from hwnas.genotypes import ZOO
-    from hwnas.models import build_model
+    from hwnas.archs.genotype import ZOO
+    from hwnas.kinds import build_model
     from hwnas.runs import save_checkpoint
     from hwnas.train import weights_file
 

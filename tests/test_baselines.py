@@ -12,7 +12,7 @@ from hwnas.cli import main
 from hwnas.errors import ArchitectureError
 from hwnas.latency.cost import CellCost, RoutingCost
 from hwnas.latency.table import load_table
-from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.archs.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import load_space
 
 from latency_helpers import load_tiny_space, synthetic_table
@@ -146,13 +146,13 @@ def test_baseline_command_writes_architectures(tmp_path, capsys):
     assert len(files) == 3
     space = load_space("densenas_32_small")
     cost = RoutingCost(space, load_table(SMALL_TABLE))
-    from hwnas.routed import load_routed_arch
+    from hwnas.kinds import load_arch
 
-    assert all(0.582 <= cost.exact(load_routed_arch(f)) <= 0.618 for f in files)
+    assert all(0.582 <= cost.exact(load_arch(f, "routing")) <= 0.618 for f in files)
     hand = tmp_path / "hand.json"
     assert main(["baseline", "hand", "--space", "densenas_32_small", "--table", SMALL_TABLE, "--target-ms", "0.6",
                  "--out", str(hand)]) == 0
-    assert {b.head for b in load_routed_arch(hand).blocks} == {HAND_OP}
+    assert {b.head for b in load_arch(hand, "routing").blocks} == {HAND_OP}
     assert main(["baseline", "hand", "--space", "densenas_32_small", "--table", SMALL_TABLE, "--target-ms", "0.6",
                  "--out", str(hand)]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from hwnas.derive import budget_genotype, derive_genotype
 from hwnas.errors import HwnasError
-from hwnas.genotypes import ZOO, Genotype
+from hwnas.archs.genotype import ZOO, Genotype
 from hwnas.latency.cost import CellCost
 from hwnas.latency.keys import cell_space_keys
 from hwnas.latency.table import load_table, make_table
 from hwnas.spaces.definition import load_space, parse_space
-from hwnas.spaces.cell import CELL_TYPES
+from hwnas.supernets.cell import CELL_TYPES
 
 from tiny import tiny_config
 

@@ -1,7 +1,8 @@
 import pytest
 
 from hwnas.cli import main
-from hwnas.config import SearchConfig, load_config, parse_overrides, read_yaml, resolve_path
+from hwnas.config import load_config, parse_overrides, read_yaml, resolve_path
+from hwnas.methods import SearchConfig
 from hwnas.errors import ConfigError
 
 

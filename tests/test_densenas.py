@@ -12,9 +12,9 @@ from hwnas.errors import HwnasError
 from hwnas.latency.cost import RoutingCost
 from hwnas.latency.keys import routed_arch_keys
 from hwnas.methods.densenas import rescale_sampled, sample_ops
-from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.archs.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import parse_space
-from hwnas.spaces.routing import RoutingSupernet
+from hwnas.supernets.routing import RoutingSupernet
 
 from latency_helpers import load_tiny_space, synthetic_table
 
@@ -233,9 +233,10 @@ def test_arch_weight_heatmaps_name_ops_and_blocks(tiny, supernet, tmp_path, monk
 
     import matplotlib.pyplot as plt
 
-    from hwnas.config import SearchConfig, build_config
+    from hwnas.config import build_config
+    from hwnas.methods import SearchConfig
     from hwnas.methods import get_method
-    from hwnas.ops import PRIMITIVES
+    from hwnas.ops.cell import PRIMITIVES
     from hwnas.plots import plot_arch_weights
 
     config = build_config(SearchConfig, {"method": {"name": "densenas", "space": str(tmp_path / "tiny.yaml"),
@@ -320,7 +321,8 @@ def test_killed_and_resumed_budget_search_matches_uninterrupted(tiny, tmp_path):
 
 
 def tiny_method(tiny, tmp_path, *extra):
-    from hwnas.config import SearchConfig, load_config
+    from hwnas.config import load_config
+    from hwnas.methods import SearchConfig
     from hwnas.latency.table import save_table
     from hwnas.methods.densenas import DenseNas
 

@@ -3,7 +3,7 @@
 import torch
 
 from hwnas.derive import derive_cell
-from hwnas.ops import PRIMITIVES
+from hwnas.ops.cell import PRIMITIVES
 
 NONE, MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(8)
 

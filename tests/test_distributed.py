@@ -54,7 +54,8 @@ def _one_weight_and_arch_step(rank: int, world: int, port: int, method_name: str
     """Worker: the quick config's supernet in float64, one weight step then one architecture step on
     this rank's share (every `world`-th image) of fixed batches of 16; saves gradients and the derivation."""
     from hwnas import distributed
-    from hwnas.config import SearchConfig, load_config
+    from hwnas.config import load_config
+    from hwnas.methods import SearchConfig
     from hwnas.methods import get_method
     from hwnas.search import arch_step, weight_step
 
@@ -103,8 +104,8 @@ def _one_training_step(rank: int, world: int, port: int, out: str) -> None:
     step of a small DARTS_V2 network (auxiliary head included) in float64 on this rank's share."""
     from hwnas import distributed
     from hwnas.config import ModelConfig
-    from hwnas.genotypes import ZOO
-    from hwnas.models import build_model
+    from hwnas.archs.genotype import ZOO
+    from hwnas.kinds import build_model
 
     _join(rank, world, port)
     torch.manual_seed(0)

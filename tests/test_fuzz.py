@@ -150,7 +150,7 @@ def fuzz_config(draw, tmp_path, capsys):
 
 
 def fuzz_architecture(draw, tmp_path, capsys):
-    from hwnas.genotypes import ZOO
+    from hwnas.archs.genotype import ZOO
 
     work = fresh(tmp_path)
     source = as_json(draw(st.sampled_from([ZOO["DARTS_V2"].to_dict(), SMALL_ARCH])))
@@ -236,8 +236,8 @@ def fuzz_results(draw, tmp_path, capsys, kit_and_results):
 def trained_weights(tmp_path_factory) -> Path:
     """A real weights file of a small cell network, as `hwnas train` writes it."""
     from hwnas.config import ModelConfig
-    from hwnas.genotypes import ZOO
-    from hwnas.models import build_model
+    from hwnas.archs.genotype import ZOO
+    from hwnas.kinds import build_model
     from hwnas.runs import save_checkpoint
     from hwnas.train import weights_file
 

@@ -8,13 +8,14 @@ from killresume import kill_and_resume
 import torch.nn.functional as F
 
 from hwnas.errors import ConfigError
-from hwnas.genotypes import ZOO, load_genotype
+from hwnas.archs.genotype import ZOO
+from hwnas.kinds import load_arch
 from hwnas.methods import gdas
 from hwnas.methods.gdas import (Gdas, GdasFrc, GdasMixedOp, GdasSupernet, hard_gumbel_softmax,
                                 temperature)
 from hwnas.models import count_parameters
 from hwnas.models.cell_net import FixedReductionCell, NetworkCIFAR
-from hwnas.ops import PRIMITIVES
+from hwnas.ops.cell import PRIMITIVES
 from hwnas.search import search
 
 from tiny import TINY, tiny_config
@@ -196,7 +197,7 @@ def test_frc_needs_init_channels_divisible_by_4():
 @pytest.mark.parametrize("method", ["gdas", "gdas-frc"])
 def test_tiny_search_writes_a_valid_genotype(tmp_path, method):
     report = search(tiny_config(method), tmp_path / "run", quiet=True)
-    genotype = load_genotype(tmp_path / "run/arch.json")
+    genotype = load_arch(tmp_path / "run/arch.json", "cell")
     assert report["epochs"] == 3 and report["arch"] == genotype.to_dict()
     assert len(genotype.normal) == 4  # 2 nodes x 2 inputs
     assert genotype.fixed_reduction == (method == "gdas-frc")

@@ -3,14 +3,16 @@ import json
 import pytest
 
 from hwnas.errors import ArchitectureError
-from hwnas.genotypes import ZOO, Genotype, load_genotype, save_genotype
+from hwnas.archs.genotype import ZOO, Genotype
+from hwnas.kinds import load_arch
+from hwnas.runs import write_json
 
 
 @pytest.mark.parametrize("name", list(ZOO))
 def test_json_round_trip(name, tmp_path):
     path = tmp_path / "arch.json"
-    save_genotype(ZOO[name], path)
-    assert load_genotype(path) == ZOO[name]
+    write_json(path, ZOO[name].to_dict())
+    assert load_arch(path, "cell") == ZOO[name]
 
 
 def test_zoo_has_published_cells():
@@ -51,9 +53,9 @@ def test_bad_file_errors(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ArchitectureError, match="not valid JSON"):
-        load_genotype(bad)
+        load_arch(bad, "cell")
     with pytest.raises(ArchitectureError, match="unknown architecture"):
-        load_genotype(tmp_path / "missing.json")
+        load_arch(tmp_path / "missing.json", "cell")
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(ArchitectureError, match="expected a JSON object"):
-        load_genotype(bad)
+        load_arch(bad, "cell")

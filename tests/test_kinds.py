@@ -5,9 +5,9 @@ import random
 import pytest
 
 from hwnas.errors import ArchitectureError
-from hwnas.genotypes import ZOO
+from hwnas.archs.genotype import ZOO
 from hwnas.kinds import KINDS, arch_from_dict, check_kind, kind_of
-from hwnas.routed import ROUTED_ZOO
+from hwnas.archs.routed import ROUTED_ZOO
 from hwnas.spaces.definition import load_space
 
 

@@ -15,7 +15,7 @@ from hwnas.cli import main
 from hwnas.errors import ArchitectureError, ConfigError, LatencyError
 from hwnas.latency.keys import OpKey, build_op, cell_space_keys, genotype_keys, routed_arch_keys, routing_space_keys
 from hwnas.latency.table import load_table, save_table
-from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.archs.routed import RoutedArch, RoutedBlock
 from hwnas.spaces.definition import load_space
 from profilers import measure as timing
 
@@ -354,10 +354,10 @@ def test_one_step_profile_and_validate_on_a_tiny_space(tiny, tmp_path):
 
 
 def test_genotype_keys_cover_a_published_cell():
-    from hwnas.genotypes import load_genotype
+    from hwnas.kinds import load_arch
 
     space = load_space("darts_cifar10")
-    parts = genotype_keys(space, load_genotype("DARTS_V2"))
+    parts = genotype_keys(space, load_arch("DARTS_V2", "cell"))
     assert {k for _, k in parts} <= set(cell_space_keys(space))
     # 20 cells x 2 preprocessing ops + stem + classifier + every non-identity op of the cells
     assert sum(1 for p, _ in parts if p.startswith("cell")) >= 40

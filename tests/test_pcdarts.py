@@ -10,15 +10,16 @@ from killresume import kill_and_resume
 import torch.nn.functional as F
 
 from hwnas.cli import main
-from hwnas.config import SearchConfig, load_config
+from hwnas.config import load_config
+from hwnas.methods import SearchConfig
 from hwnas.errors import ConfigError
-from hwnas.genotypes import load_genotype
+from hwnas.kinds import load_arch
 from hwnas.methods import get_method
 from hwnas.methods.pcdarts import PartialChannelMixedOp, PcDarts, channel_shuffle
 from hwnas.models import count_parameters
-from hwnas.ops import PRIMITIVES
+from hwnas.ops.cell import PRIMITIVES
 from hwnas.search import search
-from hwnas.spaces.cell import MixedOp
+from hwnas.supernets.cell import MixedOp
 
 from tiny import TINY, tiny_config
 
@@ -133,7 +134,7 @@ def test_derivation_ranks_edges_by_alpha_times_beta_but_keeps_each_edges_op():
 # --- search -----------------------------------------------------------------------------------------
 def test_tiny_search_writes_a_valid_genotype(tmp_path):
     report = search(tiny_config("pcdarts"), tmp_path / "run", quiet=True)
-    genotype = load_genotype(tmp_path / "run/arch.json")
+    genotype = load_arch(tmp_path / "run/arch.json", "cell")
     assert len(genotype.normal) == 4 and len(genotype.reduce) == 4  # 2 nodes x 2 inputs
     assert all(op in PRIMITIVES and op != "none" for op, _ in genotype.normal + genotype.reduce)
     assert report["arch"] == genotype.to_dict() and report["epochs"] == 3

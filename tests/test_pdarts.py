@@ -7,11 +7,12 @@ import pytest
 import torch
 from killresume import kill_and_resume
 
-from hwnas.config import SearchConfig, load_config
+from hwnas.config import load_config
+from hwnas.methods import SearchConfig
 from hwnas.errors import ConfigError
 from hwnas.info import supernet_info
 from hwnas.methods.pdarts import SkipDropoutMixedOp, limit_skips, prune_edges, stage_dropout
-from hwnas.ops import PRIMITIVES
+from hwnas.ops.cell import PRIMITIVES
 from hwnas.search import search
 
 

@@ -8,7 +8,9 @@ from hwnas.cli import main
 from hwnas.errors import ArchitectureError
 from hwnas.models import count_macs, count_parameters
 from hwnas.models.routed_net import RoutedNetwork
-from hwnas.routed import ROUTED_ZOO, RoutedArch, load_routed_arch, save_routed_arch
+from hwnas.archs.routed import ROUTED_ZOO, RoutedArch
+from hwnas.kinds import load_arch
+from hwnas.runs import write_json
 from hwnas.spaces.definition import load_space
 
 
@@ -31,8 +33,8 @@ def test_densenas_c_prints_in_the_published_block_format():
 
 def test_routed_arch_json_round_trip(tmp_path):
     arch = ROUTED_ZOO["DenseNAS-C"]
-    save_routed_arch(arch, tmp_path / "a.json")
-    assert load_routed_arch(tmp_path / "a.json") == arch
+    write_json(tmp_path / "a.json", arch.to_dict())
+    assert load_arch(tmp_path / "a.json", "routing") == arch
     assert RoutedArch.from_dict(json.loads(json.dumps(arch.to_dict()))) == arch
     with pytest.raises(ArchitectureError, match="not a routed architecture"):
         RoutedArch.from_dict({"space": "densenas_224"})

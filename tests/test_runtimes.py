@@ -164,7 +164,7 @@ def test_a_missing_runtime_is_one_line_naming_its_extra(name, tiny, tmp_path, mo
 
 
 def _small_routed(tmp_path: Path) -> str:
-    from hwnas.routed import RoutedArch, RoutedBlock
+    from hwnas.archs.routed import RoutedArch, RoutedBlock
 
     arch = RoutedArch("densenas_32", tuple(RoutedBlock(b, "mbconv_k3_t3") for b in (1, 4, 7, 10, 13, 16)))
     path = tmp_path / "arch.json"

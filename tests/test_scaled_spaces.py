@@ -6,9 +6,9 @@ import torch
 from hwnas.cli import main
 from hwnas.errors import ConfigError
 from hwnas.latency.keys import routing_space_keys
-from hwnas.ops import MBConv
+from hwnas.ops.mobile import MBConv
 from hwnas.spaces.definition import derive_space, load_space, round_width
-from hwnas.spaces.routing import MixedMobileOp, NestedMBConvs, RoutingSupernet
+from hwnas.supernets.routing import MixedMobileOp, NestedMBConvs, RoutingSupernet
 
 BASE = load_space("densenas_224")
 

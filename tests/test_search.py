@@ -8,7 +8,7 @@ import torch
 from killresume import kill_and_resume, kill_five_times
 
 from hwnas.cli import main
-from hwnas.genotypes import load_genotype
+from hwnas.kinds import load_arch
 from hwnas.search import search
 
 from tiny import TINY, tiny_config
@@ -20,7 +20,7 @@ def test_search_writes_a_valid_run(tmp_path):
     for name in ("config.yaml", "metrics.csv", "arch.json", "report.json", "checkpoints/search.pt",
                  "arch_weights_normal.png", "arch_weights_reduce.png", "cell_normal.png", "cell_reduce.png"):
         assert (run / name).is_file(), name
-    genotype = load_genotype(run / "arch.json")
+    genotype = load_arch(run / "arch.json", "cell")
     assert len(genotype.normal) == 4 and len(genotype.reduce) == 4  # 2 nodes x 2 inputs
     assert json.loads((run / "report.json").read_text())["arch"] == genotype.to_dict()
     assert report["epochs"] == 3

@@ -141,10 +141,11 @@ def test_a_derived_network_that_misses_the_budget_is_derived_again(tmp_path, mon
     from latency_helpers import TINY_SPACE, synthetic_table
 
     from hwnas import pipeline
-    from hwnas.config import SearchConfig, load_config
+    from hwnas.config import load_config
+    from hwnas.methods import SearchConfig
     from hwnas.latency.cost import RoutingCost
     from hwnas.latency.table import save_table
-    from hwnas.routed import RoutedArch
+    from hwnas.archs.routed import RoutedArch
     from hwnas.search import search
 
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE)

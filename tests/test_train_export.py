@@ -9,8 +9,8 @@ import torch
 from hwnas.cli import main
 from hwnas.config import TrainConfig, load_config
 from hwnas.errors import HwnasError
-from hwnas.genotypes import ZOO
-from hwnas.routed import RoutedArch, RoutedBlock
+from hwnas.archs.genotype import ZOO
+from hwnas.archs.routed import RoutedArch, RoutedBlock
 
 # a small routed network of the shipped 32x32 space (the densenas_32 table has its keys)
 SMALL_ROUTED = RoutedArch("densenas_32", (
@@ -80,7 +80,7 @@ def test_warmup_longer_than_training_is_refused(tmp_path, capsys):
 
 def test_zero_init_residual_makes_every_residual_mbconv_an_identity_at_start():
     from hwnas.models.routed_net import RoutedNetwork
-    from hwnas.ops import MBConv
+    from hwnas.ops.mobile import MBConv
     from hwnas.spaces.definition import load_space
 
     arch = RoutedArch("densenas_32", (RoutedBlock(1, "mbconv_k3_t3", ("mbconv_k5_t6", "mbconv_k3_t3")),

@@ -6,7 +6,7 @@ from torch.func import functional_call
 
 from hwnas.methods import SearchMethod
 from hwnas.methods.darts import unrolled_arch_gradient
-from hwnas.spaces.cell import CellSupernet
+from hwnas.supernets.cell import CellSupernet
 
 
 # Max pooling has kinks that central differences step across; these candidates keep the loss smooth

@@ -1,6 +1,7 @@
 """Tiny cell-search settings shared by the method tests: a few seconds per search on 2 cores."""
 
-from hwnas.config import SearchConfig, load_config
+from hwnas.config import load_config
+from hwnas.methods import SearchConfig
 
 TINY = [
     "data.image_size=8", "data.train_subset=192", "method.supernet.init_channels=4", "method.supernet.layers=3",

@@ -19,11 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hwnas.genotypes import Genotype
+from hwnas.archs.genotype import Genotype
 from hwnas.latency.keys import (cell_edge_keys, cell_fixed_keys, cell_space_keys, classifier_key, final_key,
                                 genotype_keys, head_key, routed_arch_keys, routing_space_keys, stack_key, stem_keys)
 from hwnas.latency.table import LatencyTable
-from hwnas.routed import RoutedArch
+from hwnas.archs.routed import RoutedArch
 from hwnas.spaces.definition import CellSpace, RoutingSpace
 
 

@@ -15,10 +15,11 @@ from typing import Callable
 from torch import nn
 
 from hwnas.errors import LatencyError
-from hwnas.genotypes import Genotype
+from hwnas.archs.genotype import Genotype
 from hwnas.models.cell_net import reduction_indices
-from hwnas.ops import OPS, ConvBNReLU6, FactorizedReduce, ReLUConvBN, mobile_op, parse_mbconv
-from hwnas.routed import RoutedArch
+from hwnas.ops.cell import OPS, FactorizedReduce, ReLUConvBN
+from hwnas.ops.mobile import ConvBNReLU6, mobile_op, parse_mbconv
+from hwnas.archs.routed import RoutedArch
 from hwnas.spaces.definition import CellSpace, RoutingSpace
 
 _KERNEL = re.compile(r"(?:_k|conv|_)(\d)(?:x\d)?(?:_|$)")

@@ -7,10 +7,10 @@ import random
 
 from torch import nn
 
-from hwnas.genotypes import Genotype
+from hwnas.archs.genotype import Genotype
 from hwnas.kinds import check_kind, kind_of
 from hwnas.latency.keys import OpKey
-from hwnas.routed import RoutedArch
+from hwnas.archs.routed import RoutedArch
 from hwnas.spaces.definition import CellSpace, RoutingSpace
 
 Arch = RoutedArch | Genotype

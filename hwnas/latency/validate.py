@@ -21,7 +21,7 @@ from hwnas.errors import HwnasError
 from hwnas.latency.keys import space_keys
 from hwnas.latency.networks import Arch, arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import LatencyTable, load_table, table_runtime
-from hwnas.models import load_arch
+from hwnas.kinds import load_arch
 from hwnas.kinds import kind_of
 from hwnas.spaces.definition import CellSpace, RoutingSpace, load_space
 from profilers import measure as timing

@@ -2,7 +2,7 @@
 
 A method plugs into the shared loop through `SearchMethod`:
 
-- `build_supernet` -- the supernet (`hwnas/spaces/supernet.py`: what the loop needs of it);
+- `build_supernet` -- the supernet (`hwnas/supernets/base.py`: what the loop needs of it);
 - `on_epoch_start` -- per-epoch hooks (temperature, warm-up, dropout), returning values to log;
 - `sample` -- what the supernet runs in the coming weight or architecture step (DenseNAS's sampled ops);
 - `loss` / `arch_loss` -- the weight-step loss and the architecture-step loss (extra terms go here);
@@ -15,7 +15,11 @@ A method plugs into the shared loop through `SearchMethod`:
 - `supernet_summary` -- how `hwnas info --supernet` names the supernet and its input;
 - `plots` -- method-specific pictures of the run, written at the end;
 - `state_dict` / `load_state_dict` -- the method's own state (a multiplier, a curve), checkpointed;
-- `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it.
+- `run` -- the whole search; a method that chains several searches (P-DARTS) overrides it;
+- `use_table` -- (with `refits_to_measured_latency`) derive again with a rescaled table, as `hwnas run`
+  does when the derived network misses its budget as measured.
+
+`SearchConfig`, the config of a search, is defined here: it is made of the methods' own `Options`.
 
 The DARTS-family methods share `CellMethod` (methods/cell_latency.py): they say which weights their
 derivation ranks (`derive_weights`) and their rule (`derive_rule`), and get the latency loss and the
@@ -33,7 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.config import MethodConfig, SearchConfig
+from pydantic import SerializeAsAny, ValidationError, field_validator, model_validator
+
+from hwnas.config import (MethodConfig, SearchDataConfig, SearchLoopConfig, Strict, check_device,
+                          format_validation_error)
 from hwnas.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -115,6 +122,14 @@ class SearchMethod:
     def derive(self, model: nn.Module) -> Any:
         raise NotImplementedError
 
+    # `hwnas run` times the derived network and, when it misses the budget, derives again from the same
+    # supernet with the table rescaled by measured / predicted: a method that can do that says so, and
+    # takes the rescaled table in `use_table`; its `space` is the space the table keys
+    refits_to_measured_latency: ClassVar[bool] = False
+
+    def use_table(self, table) -> None:
+        raise NotImplementedError
+
     def arch_weights(self, model: nn.Module) -> dict[str, Any]:
         """Normalised architecture weights, for metrics and plots: per kind a matrix (rows x ops) or a
         vector, or `{"values": matrix, "rows": [...], "columns": [...]}` to name the plot's axes."""
@@ -154,8 +169,62 @@ def method_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def run_method_names() -> list[str]:
+    """The methods `hwnas run` can search with (`SearchMethod.refits_to_measured_latency`)."""
+    return [name for name in method_names() if get_method(name).refits_to_measured_latency]
+
+
 def get_method(name: str) -> type[SearchMethod]:
     if name not in _REGISTRY:
         raise ConfigError(f"method.name: unknown method {name!r}; choose one of {', '.join(method_names())}")
     module, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(f"hwnas.methods.{module}"), cls)
+
+
+class SearchConfig(Strict):
+    """A search: the method and its own options (each method declares them as its `Options`), the data and the loop.
+
+    It lives beside the method registry because it is made of the methods' options: the config module
+    knows no method, and a method registers its options by naming them on its class.
+    """
+
+    # SerializeAsAny: dump the method's own options too, not only the base class's `name`
+    method: SerializeAsAny[MethodConfig]
+    seed: int = 2
+    device: str = "cpu"
+    data: SearchDataConfig = SearchDataConfig()
+    search: SearchLoopConfig = SearchLoopConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_options(cls, value: Any) -> MethodConfig:
+        if isinstance(value, str):
+            value = {"name": value}
+        if isinstance(value, MethodConfig):
+            return value
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            raise ValueError("expected a mapping with a `name` (for example `method: {name: darts}`)")
+        try:
+            return get_method(value["name"]).Options.model_validate(value)
+        except ValidationError as exc:  # re-raised whole so the keys keep their `method.` prefix
+            raise ConfigError(format_validation_error(exc, prefix="method.")) from None
+
+    _device = field_validator("device")(lambda value: check_device(value))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _supernet_belongs_to_the_method(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "supernet" in data:
+            # a ConfigError (not a ValueError) so the message is this one line, as a field error would be
+            raise ConfigError("supernet: the cell supernet's settings are options of the cell methods; move the "
+                              "`supernet:` block under `method:` (method.supernet.layers, ...)")
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchConfig":
+        if self.search.arch_start_epoch >= self.search.epochs:
+            raise ValueError(
+                f"search.arch_start_epoch ({self.search.arch_start_epoch}) must be below "
+                f"search.epochs ({self.search.epochs}), or the architecture never moves"
+            )
+        return self

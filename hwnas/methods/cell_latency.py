@@ -26,12 +26,12 @@ from torch import nn
 from hwnas.config import CellSupernetConfig, resolve_path
 from hwnas.derive import budget_genotype, derive_genotype
 from hwnas.errors import ConfigError
-from hwnas.genotypes import Genotype
-from hwnas.ops import PRIMITIVES
+from hwnas.archs.genotype import Genotype
+from hwnas.ops.cell import PRIMITIVES
 from hwnas.latency.cost import CellCost
 from hwnas.latency.objective import LatencyObjective, LatencyOptions
 from hwnas.methods import SearchMethod
-from hwnas.spaces.cell import CELL_TYPES
+from hwnas.supernets.cell import CELL_TYPES
 
 
 class CellLatencyOptions(LatencyOptions):

@@ -19,7 +19,7 @@ from torch import nn
 
 from hwnas.methods import Batch
 from hwnas.methods.cell_latency import CellLatencyOptions, CellMethod
-from hwnas.spaces.cell import CELL_TYPES, CellSupernet
+from hwnas.supernets.cell import CELL_TYPES, CellSupernet
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -3,7 +3,7 @@
 
 What makes DenseNAS DenseNAS, on the shared loop:
 
-- **The routing supernet** (`hwnas/spaces/routing.py`): every routing path is evaluated in each
+- **The routing supernet** (`hwnas/supernets/routing.py`): every routing path is evaluated in each
   forward pass, blocks weighted by the betas of their sources' outgoing connections.
 - **Candidate weights**: each candidate MBConv its own weights (the release), or `weight_sharing:
   nested`, slices of one superkernel per layer, which a CPU search trains in minutes.
@@ -51,9 +51,9 @@ from hwnas.latency.cost import RoutingCost
 from hwnas.latency.objective import LatencyObjective, LatencyOptions
 from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
-from hwnas.routed import RoutedArch
+from hwnas.archs.routed import RoutedArch
 from hwnas.spaces.definition import load_space, space_path
-from hwnas.spaces.routing import RoutingSupernet
+from hwnas.supernets.routing import RoutingSupernet
 
 
 class DenseNasOptions(LatencyOptions):
@@ -67,7 +67,7 @@ class DenseNasOptions(LatencyOptions):
     tau_ms: float = Field(15.0, gt=1.0, description="densenas loss: log(LAT) / log(tau)")
     weight_sharing: Literal["independent", "nested"] = Field(
         "independent", description="candidate MBConvs with their own weights (the release) or nested slices of "
-                                   "one superkernel, which trains in far fewer steps (hwnas/spaces/routing.py)")
+                                   "one superkernel, which trains in far fewer steps (hwnas/supernets/routing.py)")
     weight_sampling: Literal["architecture", "uniform"] = Field(
         "architecture", description="the op a weight step runs per layer once architecture steps start: drawn from "
                                     "softmax(alpha) (ProxylessNAS) or uniformly, so every candidate keeps training")
@@ -112,6 +112,7 @@ def rescale_sampled(alphas: torch.Tensor, before: torch.Tensor, sampled: list[in
 class DenseNas(SearchMethod):
     name = "densenas"
     Options = DenseNasOptions
+    refits_to_measured_latency = True
 
     def __init__(self, config, num_classes: int, in_channels: int):
         super().__init__(config, num_classes, in_channels)
@@ -214,6 +215,9 @@ class DenseNas(SearchMethod):
                        for j in range(1, space.num_blocks) for i in space.sources(j)},
                 stacks={j: [F.softmax(a, -1).tolist() for a in model.stack_alphas(j)]
                         for j in range(1, space.num_blocks) if space.stack_layers[j]})
+
+    def use_table(self, table) -> None:
+        self.latency.cost = RoutingCost(self.space, table)
 
     def derive(self, model: nn.Module) -> RoutedArch:
         weights = self.weights(model)

@@ -33,10 +33,10 @@ from torch import nn
 
 from hwnas.derive import derive_cell
 from hwnas.errors import ConfigError
-from hwnas.genotypes import Genotype
+from hwnas.archs.genotype import Genotype
 from hwnas.methods.cell_latency import CellLatencyOptions, CellMethod
 from hwnas.models.cell_net import FixedReductionCell
-from hwnas.spaces.cell import CellSupernet, MixedOp
+from hwnas.supernets.cell import CellSupernet, MixedOp
 
 
 class GdasOptions(CellLatencyOptions):

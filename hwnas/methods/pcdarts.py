@@ -29,7 +29,7 @@ from torch import nn
 
 from hwnas.errors import ConfigError
 from hwnas.methods.cell_latency import CellLatencyOptions, CellMethod
-from hwnas.spaces.cell import CELL_TYPES, CellSupernet, MixedOp, edges_per_cell
+from hwnas.supernets.cell import CELL_TYPES, CellSupernet, MixedOp, edges_per_cell
 
 
 class PcDartsOptions(CellLatencyOptions):

@@ -23,11 +23,11 @@ from pydantic import Field, model_validator
 
 from hwnas.methods.cell_latency import CellLatencyOptions
 from hwnas.derive import derive_cell
-from hwnas.genotypes import Genotype
+from hwnas.archs.genotype import Genotype
 from hwnas.methods import SearchMethod
 from hwnas.methods.darts import Darts
-from hwnas.ops import PRIMITIVES
-from hwnas.spaces.cell import CELL_TYPES, CellSupernet, MixedOp, edges_per_cell
+from hwnas.ops.cell import PRIMITIVES
+from hwnas.supernets.cell import CELL_TYPES, CellSupernet, MixedOp, edges_per_cell
 
 if TYPE_CHECKING:
     from hwnas.search import SearchLoop

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
-
-from hwnas.config import ModelConfig
 
 
 def count_parameters(model: nn.Module, exclude: tuple[str, ...] = ("auxiliary",)) -> int:
@@ -49,23 +44,3 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for handle in handles:
             handle.remove()
     return total
-
-
-def load_arch(arch: str | Path):
-    """A routed architecture or a cell genotype: a zoo name or an arch.json (`hwnas.kinds.load_arch`)."""
-    from hwnas.kinds import load_arch as load
-
-    return load(arch)
-
-
-def arch_from_json(data: dict[str, Any]):
-    from hwnas.kinds import arch_from_dict
-
-    return arch_from_dict(data)
-
-
-def build_model(arch, model: ModelConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The final network of a cell genotype (with `model`'s layout) or of a routed architecture (its space)."""
-    from hwnas.kinds import kind_of
-
-    return kind_of(arch).build_model(arch, model, num_classes, in_channels)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwnas.genotypes import Genotype, Pairs
-from hwnas.ops import OPS, FactorizedReduce, ReLUConvBN, drop_path
+from hwnas.archs.genotype import Genotype, Pairs
+from hwnas.ops.cell import OPS, FactorizedReduce, ReLUConvBN, drop_path
 
 
 def reduction_indices(layers: int) -> tuple[int, int]:

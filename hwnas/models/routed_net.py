@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hwnas.ops import ConvBNReLU6, MBConv, mobile_op
-from hwnas.routed import RoutedArch
+from hwnas.ops.mobile import ConvBNReLU6, MBConv, mobile_op
+from hwnas.archs.routed import RoutedArch
 from hwnas.spaces.definition import RoutingSpace
 
 

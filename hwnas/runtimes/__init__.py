@@ -13,7 +13,10 @@ from hwnas.runtimes.torch_eager import TorchEager
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (OnnxRuntime(), TorchEager(), ExecuTorchRuntime(), LiteRtRuntime())}
 
-__all__ = ["FileRuntime", "Runtime", "RUNTIMES", "file_runtime_names", "get_runtime", "runtime_names"]
+DEFAULT_RUNTIME = OnnxRuntime.name
+
+__all__ = ["DEFAULT_RUNTIME", "FileRuntime", "Runtime", "RUNTIMES", "export_formats", "file_runtime_names",
+           "get_runtime", "runtime_names"]
 
 
 def runtime_names() -> list[str]:
@@ -23,6 +26,12 @@ def runtime_names() -> list[str]:
 def file_runtime_names() -> list[str]:
     """The runtimes that run files, and so can have a kit for a device."""
     return [name for name, runtime in RUNTIMES.items() if isinstance(runtime, FileRuntime)]
+
+
+def export_formats() -> dict[str, str]:
+    """Export format -> the runtime that runs it: each file runtime's suffix, and ONNX Runtime's mobile form."""
+    formats = {r.suffix.lstrip("."): r.name for r in RUNTIMES.values() if isinstance(r, FileRuntime)}
+    return {**formats, OnnxRuntime.mobile_format: OnnxRuntime.name}
 
 
 def get_runtime(name: str) -> Runtime:

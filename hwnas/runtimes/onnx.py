@@ -29,6 +29,7 @@ class OnnxRuntime(FileRuntime):
     name = "ort"
     table_name = "onnxruntime"
     suffix = ".onnx"
+    mobile_format = "ort"  # ONNX Runtime's mobile form of the .onnx, written beside it
     device = ort_runner.RUNTIME
     opset = OPSET
 

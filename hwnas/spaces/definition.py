@@ -20,7 +20,8 @@ from pydantic import Field, TypeAdapter, ValidationError, model_validator
 from hwnas.config import Strict, format_validation_error, read_yaml, resolve_path
 from hwnas.limits import MAX_CELL_NODES, MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_SIDE
 from hwnas.errors import ConfigError
-from hwnas.ops import MBCONV_OPS, PRIMITIVES, parse_mbconv
+from hwnas.ops.cell import PRIMITIVES
+from hwnas.ops.mobile import MBCONV_OPS, parse_mbconv
 
 SPACES_DIR = "configs/spaces"
 

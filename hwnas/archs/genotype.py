@@ -7,13 +7,11 @@ GDAS-FRC is used instead of a searched one.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from hwnas.errors import ArchitectureError
-from hwnas.ops import OPS
+from hwnas.ops.cell import OPS
 
 Pairs = tuple[tuple[str, int], ...]
 
@@ -175,14 +173,3 @@ ZOO: dict[str, Genotype] = {
         None,
     ),
 }
-
-
-def load_genotype(name_or_path: str | Path) -> Genotype:
-    """A zoo name (`DARTS_V2`) or a path to an `arch.json` written by `hwnas search`."""
-    from hwnas.kinds import load_arch
-
-    return load_arch(name_or_path, "cell")
-
-
-def save_genotype(genotype: Genotype, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(genotype.to_dict(), indent=2) + "\n")

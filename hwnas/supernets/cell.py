@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.models.cell_net import preprocess_inputs, reduction_indices
-from hwnas.ops import OPS, PRIMITIVES, drop_leading_relu, is_pool
-from hwnas.spaces.supernet import Supernet
+from hwnas.ops.cell import OPS, PRIMITIVES, drop_leading_relu, is_pool
+from hwnas.supernets.base import Supernet
 
 CELL_TYPES = ("normal", "reduce")
 

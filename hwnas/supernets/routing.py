@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hwnas.ops import BN_EPS_MOBILE, ConvBNReLU6, mobile_op, parse_mbconv
+from hwnas.ops.mobile import BN_EPS_MOBILE, ConvBNReLU6, mobile_op, parse_mbconv
 from hwnas.spaces.definition import RoutingSpace
-from hwnas.spaces.supernet import Supernet
+from hwnas.supernets.base import Supernet
 
 
 def _search_bn(module: nn.Module) -> nn.Module:

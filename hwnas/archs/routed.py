@@ -9,7 +9,6 @@ path feeds the final 1x1 block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from hwnas.errors import ArchitectureError
@@ -109,16 +108,3 @@ ROUTED_ZOO: dict[str, RoutedArch] = {
         (16, "mbconv_k7_t6", []),
     ),
 }
-
-
-def load_routed_arch(name_or_path: str | Path) -> RoutedArch:
-    """A routed zoo name (`DenseNAS-C`) or a path to an `arch.json` written by a DenseNAS search."""
-    from hwnas.kinds import load_arch
-
-    return load_arch(name_or_path, "routing")
-
-
-def save_routed_arch(arch: RoutedArch, path: str | Path) -> None:
-    from hwnas.runs import write_json
-
-    write_json(Path(path), arch.to_dict())

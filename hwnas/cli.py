@@ -101,9 +101,14 @@ def _show_train(result: dict[str, Any]) -> None:
 def _export(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.export import export
 
+    if args.max_accuracy_drop is not None and not args.quantize:
+        raise HwnasError("--max-accuracy-drop applies to an int8 export: add --quantize int8")
+    drop = 1.0 if args.max_accuracy_drop is None else args.max_accuracy_drop
+
     return export(args.arch, args.out, weights=args.weights, dataset=args.dataset, table=args.table,
                   ort_format=args.ort, quantize=args.quantize, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                  threads=args.threads, runs=args.runs, data_root=args.data_root, formats=args.format or ())
+                  threads=args.threads, runs=args.runs, data_root=args.data_root, formats=args.format or (),
+                  max_accuracy_drop=drop / 100)
 
 
 def _show_export(r: dict[str, Any]) -> None:
@@ -132,6 +137,11 @@ def _show_export(r: dict[str, Any]) -> None:
         q = r["int8"]
         print(f"  int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} test "
               f"images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)")
+        for t in q["tried"]:
+            print(f"    {t['remedy']:<16} held-out drop {100 * t['selection_drop']:+.2f} points"
+                  + (f", {len(t['float_layers'])} layer(s) in float" if t["float_layers"] else ""))
+        print(f"    kept: {q['remedy']}" + ("" if q["met_on_selection"] else
+                                             f" (none within {100 * q['max_accuracy_drop']:g} points)"))
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -189,7 +199,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
         raise HwnasError("profile: give --space SPACE and --out (see `hwnas profile --help`)")
     space = load_space(args.space)
     if args.profile_command == "kit":
-        manifest = kit.build_kit(space, args.out, args.batch, args.runtime)
+        manifest = kit.build_kit(space, args.out, args.batch, args.runtime, dtype=args.precision)
         return {"kit": args.out, "keys": len(manifest["entries"]), "space": space.name, "runtime": manifest["runtime"]}
     for name in ("threads", "runs", "batch"):
         if getattr(args, name) < 1:
@@ -197,7 +207,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
     if args.warmup < 0:
         raise HwnasError(f"--warmup must not be negative, got {args.warmup}")
     return kit.profile(space, args.out, args.runtime, args.name, args.threads, args.batch, args.warmup, args.runs,
-                       args.device, quiet=args.quiet, allow_busy=args.allow_busy)
+                       args.device, quiet=args.quiet, allow_busy=args.allow_busy, dtype=args.precision)
 
 
 def _show_profile(result: dict[str, Any]) -> None:
@@ -295,7 +305,7 @@ def _run_options(p: argparse.ArgumentParser, name: str, example: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from hwnas.methods import method_names
-    from hwnas.runtimes import DEFAULT_RUNTIME, export_formats, file_runtime_names, runtime_names
+    from hwnas.runtimes import DEFAULT_RUNTIME, PRECISIONS, export_formats, file_runtime_names, runtime_names
 
     parser = _Parser(prog="hwnas", description="Hardware-aware neural architecture search.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -337,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", nargs="+", choices=list(export_formats()),
                    help="files to write beside the .onnx (always written): ort (ONNX Runtime mobile), pte "
                         "(ExecuTorch XNNPACK), tflite (LiteRT); each checked against PyTorch and timed in its runtime")
-    p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model")
+    p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model (ONNX Runtime QDQ)")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
+                   help="int8: the accuracy it may lose, in points; the cheapest remedy within it is kept (default 1)")
     p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: fixed --batch)")
     p.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     p.add_argument("--threads", type=_count(MAX_THREADS), default=1, help="ORT threads for timing (a --table's own otherwise)")
@@ -371,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=_count(MAX_RUNS), default=10, help="untimed runs per key")
     p.add_argument("--runs", type=_count(MAX_RUNS), default=100, help="timed runs per key, one per interleaved round")
     p.add_argument("--device", default="cpu", help="torch runtime only: cpu or cuda[:N]")
+    p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
+                   help="int8: every op and calibration network quantized as `hwnas export --quantize int8` does (ort)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow-busy", action="store_true",
@@ -381,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--runtime", choices=file_runtime_names(), default=DEFAULT_RUNTIME)
     k.add_argument("--out", required=True, help="kit folder (must not exist or be empty)")
     k.add_argument("--batch", type=_count(MAX_BATCH), default=1)
+    k.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0])
     k.add_argument("--json", action="store_true")
     i = psub.add_parser("ingest", help="turn a runner's results.csv into a latency table")
     i.add_argument("results", help="results CSV written by a runner in profilers/ (ort_runner.py, executorch_runner.py, ...)")

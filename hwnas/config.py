@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from hwnas.errors import ConfigError
 from hwnas.limits import MAX_CELL_NODES, MAX_CHANNELS, MAX_DEPTH
-from hwnas.runtimes import DEFAULT_RUNTIME, file_runtime_names
+from hwnas.runtimes import DEFAULT_RUNTIME, file_runtime_names, get_runtime
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +165,15 @@ class StageConfig(Strict):
 class RunExportConfig(Strict):
     ort: bool = Field(True, description="also write ONNX Runtime's mobile format")
     quantize: Literal["int8"] | None = None
+    max_accuracy_drop: float = Field(1.0, ge=0.0, lt=100.0, allow_inf_nan=False,
+                                     description="int8: the accuracy it may lose (points); the cheapest remedy within it is kept")
     dynamic_batch: bool = False
+
+    @model_validator(mode="after")
+    def _drop_needs_int8(self) -> "RunExportConfig":
+        if "max_accuracy_drop" in self.model_fields_set and self.quantize is None:
+            raise ValueError("export.max_accuracy_drop applies to an int8 export: set export.quantize: int8 too")
+        return self
 
 
 class RunConfig(Strict):
@@ -188,6 +196,14 @@ class RunConfig(Strict):
     search: StageConfig
     train: StageConfig
     export: RunExportConfig = RunExportConfig()
+
+    @model_validator(mode="after")
+    def _int8_where_the_runtime_quantizes(self) -> "RunConfig":
+        if self.export.quantize and self.export.quantize not in get_runtime(self.runtime).precisions:
+            raise ValueError(f"export.quantize: {self.export.quantize}: the {self.runtime} runtime has no "
+                             f"{self.export.quantize} files; deploy int8 with a runtime that quantizes "
+                             f"({', '.join(n for n in file_runtime_names() if self.export.quantize in get_runtime(n).precisions)})")
+        return self
 
 
 ModelT = TypeVar("ModelT", bound=BaseModel)

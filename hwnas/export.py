@@ -38,7 +38,7 @@ from profilers.ort_runner import open_session
 log = logging.getLogger("hwnas.export")
 
 REAL_IMAGES = 64  # real test images for the parity check
-CALIBRATION_IMAGES = 256  # real training images for int8 calibration
+CALIBRATION_IMAGES = 1024  # real training images for int8 calibration, at most (the remedies use 256 or all)
 EVAL_IMAGES = 2000  # test images for the int8 accuracy comparison (all when fewer)
 # classes, channels, side of each dataset's images as the training recipes use them
 DATASET_SHAPES = {"cifar10": (10, 3, 32), "imagenet": (1000, 3, 224), "digits": (10, 1, 32),
@@ -160,7 +160,8 @@ def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -
 
     table = load_table(table_path)
     space = kind_of(arch).table_space(arch, table, model_cfg, size)
-    return {**predict(table, space, arch), "runtime": table_runtime(table).name, "threads": int(table.meta["threads"]),
+    return {**predict(table, space, arch), "runtime": table_runtime(table).name, "dtype": table.dtype,
+            "threads": int(table.meta["threads"]),
             "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
 
 
@@ -201,41 +202,20 @@ def mobile_format(onnx_path: Path, out: Path) -> dict[str, Any]:
     return {"path": str(out), "nnapi_or_coreml_may_help": bool(accelerators_may_help), "usability": verdicts}
 
 
-def quantize_int8(onnx_path: Path, out: Path, calibration: np.ndarray) -> None:
-    """Static QDQ quantization (int8 weights per channel, uint8 activations) calibrated on real images."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quant_pre_process,
-                                          quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, name: str, batch: int):
-            self.batches = iter([{name: calibration[i:i + batch]}
-                                 for i in range(0, len(calibration) - len(calibration) % batch, batch)])
-
-        def get_next(self):
-            return next(self.batches, None)
-
-    model = onnx.load(str(onnx_path))
-    name = model.graph.input[0].name
-    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
-    batch = dim.dim_value if dim.HasField("dim_value") else 16
-    with tempfile.TemporaryDirectory() as tmp, _silenced():
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(onnx_path), str(prepared))
-        quantize_static(str(prepared), str(out), Reader(name, batch), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-
-
 def export(arch: str | None, out: str | Path, weights: str | None = None, dataset: str | None = None,
            table: str | None = None, ort_format: bool = False, quantize: str | None = None,
            dynamic_batch: bool = False, batch: int = 1, threads: int = 1, runs: int = 300,
-           data_root: str | None = None, formats: Sequence[str] = ()) -> dict[str, Any]:
+           data_root: str | None = None, formats: Sequence[str] = (), max_accuracy_drop: float = 0.01) -> dict[str, Any]:
     """Export, check and measure; returns the report. On any failure the files it made are removed.
-    The `.onnx` is always written; `formats` adds other runtimes' files beside it (`pte`, `tflite`)."""
+    The `.onnx` is always written; `formats` adds other runtimes' files beside it (`pte`, `tflite`).
+    With `quantize`, the int8 file is the cheapest remedy within `max_accuracy_drop` (a fraction)."""
     out = Path(out)
     if out.suffix != ".onnx":
         raise HwnasError(f"--out {out}: expected a file name ending in .onnx")
     if batch < 1 or threads < 1 or runs < 1:
         raise HwnasError(f"--batch, --threads and --runs must be at least 1 (got {batch}, {threads}, {runs})")
+    if not 0.0 <= max_accuracy_drop < 1.0:
+        raise HwnasError(f"--max-accuracy-drop must lie in [0, 100) points (got {100 * max_accuracy_drop:g})")
     runtimes = {fmt: format_runtime(fmt) for fmt in dict.fromkeys(formats) if fmt not in ("onnx", "ort")}
     ort_format = ort_format or "ort" in formats
     if dynamic_batch and runtimes:
@@ -249,6 +229,8 @@ def export(arch: str | None, out: str | Path, weights: str | None = None, datase
         raise HwnasError(f"--table {table} was measured with {prediction['runtime']}, so it predicts "
                          + (f"its .{wanted[0]} files: add --format {wanted[0]}" if wanted else
                             "no exported file; give a table of the runtime you export to"))
+    if prediction and prediction["dtype"] == "int8" and not quantize:
+        raise HwnasError(f"--table {table} holds int8 latencies, which predict an int8 file: add --quantize int8")
     files = {"onnx": out, "ort": out.with_suffix(".ort") if ort_format else None,
              "int8": out.with_suffix(".int8.onnx") if quantize else None,
              **{fmt: out.with_suffix(runtime.suffix) for fmt, runtime in runtimes.items()}}
@@ -257,7 +239,7 @@ def export(arch: str | None, out: str | Path, weights: str | None = None, datase
         _writable(path)
     try:
         return _export(net, (batch, net["channels"], net["size"], net["size"]), files, runtimes, prediction,
-                       dynamic_batch, threads, runs, data_root)
+                       dynamic_batch, threads, runs, data_root, max_accuracy_drop)
     except BaseException:
         for path in made:  # nothing half-made is left behind
             path.unlink(missing_ok=True)
@@ -266,7 +248,7 @@ def export(arch: str | None, out: str | Path, weights: str | None = None, datase
 
 def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[str, Path | None],
             runtimes: dict[str, Any], prediction: dict[str, Any] | None, dynamic_batch: bool, threads: int, runs: int,
-            data_root: str | None) -> dict[str, Any]:
+            data_root: str | None, max_accuracy_drop: float) -> dict[str, Any]:
     model, architecture, out = net["model"].eval(), net["arch"], files["onnx"]
     batch = shape[0]
     export_onnx(model, shape, out, dynamic_batch=dynamic_batch)
@@ -297,19 +279,23 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
         if images is None:
             raise ExportError(f"--quantize int8 calibrates on real images, and {net['dataset']} is not available "
                               f"({checks['real']})")
-        report["int8"] = int8_accuracy(out, files["int8"], net, shape, fixed, threads, data_root)
+        report["int8"] = int8_accuracy(out, files["int8"], net, shape, fixed, threads, data_root, max_accuracy_drop)
         timed["int8"] = files["int8"]
     ort = get_runtime("ort")
     ort_prediction = prediction if prediction and prediction["runtime"] == ort.name else None
     settings = timing_settings(ort_prediction, threads, runs)
     measured = measure_latency(ort, timed, shape, **settings)
-    report["latency"] = with_prediction({**settings, "batch": batch, **measured["fp32"]}, ort_prediction)
+    # a table predicts the file of its precision
+    at = {precision: ort_prediction if ort_prediction and ort_prediction["dtype"] == precision else None
+          for precision in ("float32", "int8")}
+    report["latency"] = with_prediction({**settings, "batch": batch, **measured["fp32"]}, at["float32"])
     if runtimes:
         report["runtimes"] = {fmt: other_format(runtime, files[fmt], model, shape, random_x, images, prediction,
                                                 threads, runs) for fmt, runtime in runtimes.items()}
     if files["int8"]:
         report["int8"].update(measured_ms=measured["int8"]["measured_ms"],
-                              speedup=measured["fp32"]["measured_ms"] / measured["int8"]["measured_ms"])
+                              speedup=measured["fp32"]["measured_ms"] / measured["int8"]["measured_ms"],
+                              latency=with_prediction({**settings, "batch": batch, **measured["int8"]}, at["int8"]))
     return report
 
 
@@ -331,18 +317,26 @@ def other_format(runtime, path: Path, model: nn.Module, shape: tuple[int, ...], 
 
 
 def int8_accuracy(fp32: Path, int8: Path, net: dict[str, Any], shape: tuple[int, ...], fixed: int | None,
-                  threads: int, data_root: str | None) -> dict[str, Any]:
-    """Quantize `fp32` into `int8` on real training images; test accuracy of both with ONNX Runtime."""
-    calibration, _ = real_images(net["dataset"], shape[1], shape[2], "train", CALIBRATION_IMAGES, data_root)
-    quantize_int8(fp32, int8, calibration)
+                  threads: int, data_root: str | None, max_drop: float) -> dict[str, Any]:
+    """Quantize `fp32` into `int8` with the cheapest remedy within `max_drop` on held-out training images
+    (hwnas/quantize.py); test accuracy of both files with ONNX Runtime."""
+    from hwnas.quantize import SELECTION_IMAGES, int8_with_remedies
+
+    def run(path: Path, x: np.ndarray) -> np.ndarray:
+        session = open_session(path, threads)
+        return outputs_in_batches(lambda chunk: session.run(None, {session.get_inputs()[0].name: chunk})[0], x, fixed)
+
+    train_x, train_y = real_images(net["dataset"], shape[1], shape[2], "train", CALIBRATION_IMAGES + SELECTION_IMAGES,
+                                   data_root)
+    held_out = min(SELECTION_IMAGES, len(train_x) // 3)
+    held_out -= held_out % shape[0]
+    calibration = train_x[:len(train_x) - held_out]
+    with _silenced():
+        remedies = int8_with_remedies(fp32, int8, calibration,
+                                      (train_x[len(calibration):], train_y[len(calibration):]), run, max_drop)
     test_x, test_y = real_images(net["dataset"], shape[1], shape[2], "test", EVAL_IMAGES, data_root)
     usable = len(test_x) - len(test_x) % shape[0]
-    accuracy = {}
-    for name, path in (("fp32", fp32), ("int8", int8)):
-        session = open_session(path, threads)
-        logits = outputs_in_batches(lambda chunk: session.run(None, {session.get_inputs()[0].name: chunk})[0],
-                                    test_x[:usable], fixed)
-        accuracy[name] = float((logits.argmax(axis=1) == test_y[:usable]).mean())
-    return {"path": str(int8), "test_images": usable, "calibration_images": len(calibration),
-            "fp32_acc": accuracy["fp32"], "int8_acc": accuracy["int8"],
-            "accuracy_drop": accuracy["fp32"] - accuracy["int8"]}
+    accuracy = {name: float((run(path, test_x[:usable]).argmax(axis=1) == test_y[:usable]).mean())
+                for name, path in (("fp32", fp32), ("int8", int8))}
+    return {"path": str(int8), "test_images": usable, "fp32_acc": accuracy["fp32"], "int8_acc": accuracy["int8"],
+            "accuracy_drop": accuracy["fp32"] - accuracy["int8"], **remedies}

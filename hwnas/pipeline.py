@@ -26,8 +26,8 @@ log = logging.getLogger("hwnas.run")
 BUDGET_OVER, BUDGET_UNDER = 0.05, 0.10  # a budget is met by a measured latency within -10% / +5% of it
 
 
-def shipped_table_for(space_name: str, runtime) -> Any | None:
-    """A shipped table of the space measured with `runtime`, preferring one from a host like this one."""
+def shipped_table_for(space_name: str, runtime, dtype: str = "float32") -> Any | None:
+    """A shipped table of the space measured with `runtime` at `dtype`, preferring one from a host like this one."""
     from hwnas.config import shipped_root
     from hwnas.latency.check import same_host
     from hwnas.latency.table import load_table, table_runtime
@@ -35,17 +35,19 @@ def shipped_table_for(space_name: str, runtime) -> Any | None:
     found = []
     for path in sorted((shipped_root() / "latency_tables").glob(f"*/{space_name}.csv")):
         table = load_table(path)
-        if table.space == space_name and table_runtime(table) is runtime:
+        if table.space == space_name and table_runtime(table) is runtime and table.dtype == dtype:
             found.append(table)
     found.sort(key=lambda table: not same_host(table)[0])
     return found[0] if found else None
 
 
-def choose_table(shipped: str, space, run_dir: Path, quiet: bool, runtime_name: str = "ort") -> dict[str, Any]:
+def choose_table(shipped: str, space, run_dir: Path, quiet: bool, runtime_name: str = "ort",
+                 dtype: str = "float32") -> dict[str, Any]:
     """The table this run uses, and why (hwnas/latency/check.py): the shipped one (or, when it was measured
-    with another runtime, one shipped for the run's runtime) when it was profiled on a host like this one
-    and its calibration networks, timed here, agree with it within 5%; rescaled when they are off by one
-    common factor; else the space profiled here in the run's runtime. Decided once per run."""
+    with another runtime or at another precision, one shipped for the run's) when it was profiled on a
+    host like this one and its calibration networks, timed here, agree with it within 5%; rescaled when
+    they are off by one common factor; else the space profiled here in the run's runtime at `dtype`.
+    Decided once per run."""
     from hwnas.latency import kit
     from hwnas.latency.check import check_table, same_host
     from hwnas.latency.table import load_table, save_table, table_runtime
@@ -60,12 +62,12 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool, runtime_name: 
     settings = {"threads": int(table.meta.get("threads", 1)), "batch": table.batch,
                 "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
     here_table = run_dir / "latency_table.csv"
-    choice: dict[str, Any] = {"shipped": table.source, "runtime": runtime.name}
-    if table_runtime(table) is not runtime:
-        table = shipped_table_for(space.name, runtime)
+    choice: dict[str, Any] = {"shipped": table.source, "runtime": runtime.name, "dtype": dtype}
+    if table_runtime(table) is not runtime or table.dtype != dtype:
+        table = shipped_table_for(space.name, runtime, dtype)
         choice["shipped_for_runtime"] = table.source if table else None
     if table is None:
-        same, differs = False, [f"runtime: no shipped {space.name} table measured with {runtime.name}"]
+        same, differs = False, [f"runtime: no shipped {space.name} table measured with {runtime.name} at {dtype}"]
     else:
         same, differs = same_host(table)
         if table.space != space.name:
@@ -88,7 +90,8 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool, runtime_name: 
         log.info("profiling %s here with %s first", space.name, runtime.name)
         here_table.unlink(missing_ok=True)  # a rescaled copy, or a profile killed before it was decided
         here_table.with_suffix(".json").unlink(missing_ok=True)
-        kit.profile(space, here_table, runtime, name="this-machine", **settings, quiet=quiet, allow_busy=True)
+        kit.profile(space, here_table, runtime, name="this-machine", **settings, quiet=quiet, allow_busy=True,
+                    dtype=dtype)
         choice.update(table=str(here_table), decision="profiled here" + (
             " (the shipped table is off by different factors for different networks)" if same else
             " (the shipped table comes from another host)" if table is not None else f" ({differs[0]})"))
@@ -212,7 +215,9 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     from hwnas.train import train
 
     space = load_space(search_config.method.space)
-    table = choose_table(config.table, space, run_dir, quiet, config.runtime)
+    # an int8 deployment is searched with a table of int8 networks, and its budget measured on the int8 file
+    dtype = "int8" if config.export.quantize else "float32"
+    table = choose_table(config.table, space, run_dir, quiet, config.runtime, dtype)
     search_config = _stage_config(SearchConfig, config.search, [
         f"method.table={table['table']}", f"method.budget_ms={config.budget_ms}", "method.latency_loss=budget"])
     train_config = _stage_config(TrainConfig, config.train, [])
@@ -247,6 +252,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
         exported = export(None, onnx_path, weights=trained["weights"]["last"],
                           table=fit.get("table", table["table"]),
                           ort_format=config.export.ort, quantize=config.export.quantize,
+                          max_accuracy_drop=config.export.max_accuracy_drop / 100,
                           dynamic_batch=config.export.dynamic_batch, formats=other_formats)
         write_json(exported_json, exported)
     seconds["export"] = time.perf_counter() - clock
@@ -254,6 +260,10 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     # the latency of the file the user deploys, in its runtime
     deployed = exported.get("runtimes", {}).get(deployed_format, exported)
     latency = deployed["latency"]
+    if config.export.quantize:
+        deployed = {"latency": exported["int8"]["latency"],
+                    "parity": {k: exported["int8"][k] for k in ("fp32_acc", "int8_acc", "accuracy_drop", "remedy")}}
+        latency = deployed["latency"]
     budget = config.budget_ms
     report = {
         "command": "run", "run_dir": str(run_dir), "budget_ms": budget, "table": table,

@@ -190,7 +190,10 @@ def test_int8_export_reports_accuracy_and_speed(trained_routed, tmp_path):
     out, _ = trained_routed
     report = export(None, tmp_path / "m.onnx", weights=str(out / "weights/last.pt"), quantize="int8", runs=5)
     q = report["int8"]
-    assert (tmp_path / "m.int8.onnx").is_file() and q["test_images"] == 360 and q["calibration_images"] == 256
+    assert (tmp_path / "m.int8.onnx").is_file() and q["test_images"] == 360 and q["selection_images"] == 479
+    assert q["tried"][0]["remedy"] == "per-channel" and q["tried"][0]["calibration_images"] == 256
+    within = [t["remedy"] for t in q["tried"] if t["selection_drop"] <= 0.01]  # the default drop, 1 point
+    assert q["remedy"] == (within[0] if within else min(q["tried"], key=lambda t: t["selection_drop"])["remedy"])
     assert q["accuracy_drop"] == pytest.approx(q["fp32_acc"] - q["int8_acc"]) and q["speedup"] > 0
 
 

@@ -54,3 +54,12 @@ def test_the_wheel_runs_its_shipped_recipes_spaces_and_tables_outside_the_checko
     assert (elsewhere / "runs" / "tiny" / "arch.json").is_file() and report["arch"]["space"] == "densenas_32_small"
     hwnas("configs", "copy", "configs/run/quickstart.yaml", "mine")
     assert (elsewhere / "mine" / "quickstart.yaml").read_text().startswith("#")
+
+
+def test_every_package_of_the_checkout_is_in_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(ROOT).parts) for top in ("hwnas", "profilers")
+             for init in (ROOT / top).rglob("__init__.py")}
+    assert found and found <= listed, sorted(found - listed)

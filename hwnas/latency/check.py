@@ -55,7 +55,7 @@ def time_networks(networks: dict[str, Any], space, table: LatencyTable, min_runs
 
     with tempfile.TemporaryDirectory(prefix="hwnas-time-") as tmp:
         calls, prepare = table_runtime(table).network_calls(networks, input_shape(space, table.batch),
-                                                            int(table.meta["threads"]), Path(tmp))
+                                                            int(table.meta["threads"]), Path(tmp), table.dtype)
         results = timing.measure_networks(calls, warmup=int(table.meta.get("warmup", 10)),
                                           runs=max(int(table.meta.get("runs", 50)), min_runs), prepare=prepare)
     return {name: float(stats[table.estimator]) for name, stats in results.items()}
@@ -66,9 +66,9 @@ def check_table(table: LatencyTable, space, quiet: bool = True) -> dict[str, Any
     from hwnas.latency.keys import space_keys
     from hwnas.latency.kit import CALIBRATION_NETWORKS, calibration_networks
 
-    table.check_for(space.name, space_keys(space, table.batch))
+    table.check_for(space.name, space_keys(space, table.batch, table.dtype))
     count = len(table.meta.get("calibration_networks", [])) or CALIBRATION_NETWORKS  # as many as the table was fitted on
-    networks = calibration_networks(space, table.batch, count)
+    networks = calibration_networks(space, table.batch, table.dtype, count)
     predicted = {f"network:{i}": table.predict_names(ops) for i, (ops, _) in enumerate(networks)}
     if not quiet:
         log.info("timing the table's %d calibration networks here ...", len(networks))

@@ -9,7 +9,7 @@ predicted latency sums. Identity ops (skip at stride 1, `none`) cost nothing and
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from torch import nn
@@ -234,10 +234,15 @@ def genotype_keys(space: CellSpace, genotype: Genotype, batch: int = 1) -> list[
     return parts
 
 
-def space_keys(space: RoutingSpace | CellSpace, batch: int = 1) -> list[OpKey]:
+def space_keys(space: RoutingSpace | CellSpace, batch: int = 1, dtype: str = "float32") -> list[OpKey]:
     from hwnas.kinds import kind_of
 
-    return kind_of(space).space_keys(space, batch)
+    return at_precision(kind_of(space).space_keys(space, batch), dtype)
+
+
+def at_precision(keys: list[OpKey], dtype: str) -> list[OpKey]:
+    """The same ops run at `dtype` (an architecture's keys are float32 until a table prices them)."""
+    return [key if key.dtype == dtype else replace(key, dtype=dtype) for key in keys]
 
 
 def _unique(keys: list[OpKey]) -> list[OpKey]:

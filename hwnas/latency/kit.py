@@ -32,7 +32,7 @@ import hwnas
 from hwnas.config import format_validation_error
 from hwnas.errors import HwnasError, LatencyError
 from hwnas.files import read_json
-from hwnas.latency.keys import build_op, space_keys
+from hwnas.latency.keys import at_precision, build_op, space_keys
 from hwnas.latency.networks import arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import DEFAULT_ESTIMATOR, STAT_COLUMNS, LatencyTable, fingerprint, make_table, save_table
 from hwnas.spaces.definition import CellSpace, RoutingSpace, parse_space
@@ -57,9 +57,9 @@ def _fresh_dir(out: Path) -> None:
 
 
 def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, runtime: Runtime | str = "ort",
-              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Write one model per latency key of `space` in `runtime`'s format into `out` (written whole, then
-    moved into place)."""
+              progress: Callable[[int, int], None] | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """Write one model per latency key of `space` in `runtime`'s format, at `dtype`, into `out` (written
+    whole, then moved into place). The call-overhead model stays float: it times the call itself."""
     out = Path(out)
     _fresh_dir(out)
     runtime = get_runtime(runtime) if isinstance(runtime, str) else runtime
@@ -67,16 +67,17 @@ def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, 
         raise HwnasError(f"the {runtime.name} runtime has no model files to put in a kit: profile here with "
                          f"`hwnas profile --runtime {runtime.name}`, or run profilers/torch_runner.py on any kit")
     runtime.version()  # refused before anything is written when the runtime is not installed
+    runtime.check_precision(dtype)
     if batch < 1:
         raise HwnasError(f"--batch must be at least 1, got {batch}")
-    keys = space_keys(space, batch)
+    keys = space_keys(space, batch, dtype)
     staging = Path(tempfile.mkdtemp(prefix=".kit-", dir=out.parent if out.parent.exists() else None))
     try:
         (staging / "models").mkdir()
         entries = []
         for i, key in enumerate(keys):
             file = f"models/{i:04d}_{key.op}{runtime.suffix}"
-            runtime.save(build_op(key), key.input_shape, staging / file)
+            runtime.save_at(build_op(key), key.input_shape, staging / file, dtype)
             entries.append({"key": key.name, "file": file, "input_shape": list(key.input_shape)})
             if progress:
                 progress(i + 1, len(keys))
@@ -85,13 +86,13 @@ def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, 
         runtime.save(nn.ReLU(), (batch, 1, 1, 1), staging / calibration["file"])
         (staging / "networks").mkdir()
         networks = []
-        for i, (ops, model) in enumerate(calibration_networks(space, batch)):
+        for i, (ops, model) in enumerate(calibration_networks(space, batch, dtype)):
             networks.append({"key": f"network:{i}", "file": f"networks/{i}{runtime.suffix}",
                              "input_shape": list(input_shape(space, batch)), "ops": ops})
-            runtime.save(model, input_shape(space, batch), staging / networks[-1]["file"])
+            runtime.save_at(model, input_shape(space, batch), staging / networks[-1]["file"], dtype)
         manifest = {
             "format": KIT_FORMAT, "space": space.name, "space_definition": space.model_dump(mode="json"),
-            "fingerprint": fingerprint(keys), "batch": batch, "dtype": "float32", "opset": runtime.opset,
+            "fingerprint": fingerprint(keys), "batch": batch, "dtype": dtype, "opset": runtime.opset,
             "runtime": runtime.table_name, "runtime_version": runtime.version(),
             "hwnas_version": hwnas.__version__, "torch_version": torch.__version__,
             "entries": entries, "calibration": calibration, "networks": networks,
@@ -107,14 +108,15 @@ def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, 
     return manifest
 
 
-def calibration_networks(space: RoutingSpace | CellSpace, batch: int,
+def calibration_networks(space: RoutingSpace | CellSpace, batch: int, dtype: str = "float32",
                          count: int = CALIBRATION_NETWORKS) -> list[tuple[list[str], nn.Module]]:
     """(the key names of its ops, the network) for `count` random networks of the space, always the same
     (the first ones of a larger count too)."""
     rng = random.Random(CALIBRATION_SEED)
     torch.manual_seed(CALIBRATION_SEED)
     archs = [sample_arch(space, rng) for _ in range(count)]
-    return [([k.name for _, k in arch_keys(space, arch, batch)], build_network(space, arch)) for arch in archs]
+    return [([k.name for k in at_precision([k for _, k in arch_keys(space, arch, batch)], dtype)],
+             build_network(space, arch)) for arch in archs]
 
 
 def _network_ms(op_ms: list[float], overhead: float, scale: float, op_cost: float) -> float:
@@ -245,7 +247,7 @@ def ingest(results_csv: str | Path, out: str | Path, name: str | None = None, fo
     results, description = read_results(results_csv)
     kit = description["kit"]
     space = parse_space(description.get("space_definition"), f"{results_csv} (its space)")
-    keys = space_keys(space, int(kit["batch"]))
+    keys = space_keys(space, int(kit["batch"]), kit["dtype"])
     if fingerprint(keys) != kit["fingerprint"]:
         raise LatencyError(f"{results_csv}: the kit's keys do not match its space {space.name} as hwnas "
                            f"{hwnas.__version__} computes them; make a new kit with `hwnas profile kit`")
@@ -312,8 +314,9 @@ def progress_bar(desc: str, quiet: bool):
 
 def profile(space: RoutingSpace | CellSpace, out: str | Path, runtime: Runtime | str = "ort", name: str | None = None,
             threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu",
-            quiet: bool = False, allow_busy: bool = False) -> dict[str, Any]:
-    """Profile every key of `space` on this machine in `runtime` and write the table: kit and runner in one step."""
+            quiet: bool = False, allow_busy: bool = False, dtype: str = "float32") -> dict[str, Any]:
+    """Profile every key of `space` on this machine in `runtime`, at `dtype`, and write the table: kit and
+    runner in one step."""
     runtime = get_runtime(runtime) if isinstance(runtime, str) else runtime
     out = Path(out).with_suffix(".csv")
     for path in (out, out.with_suffix(".json")):
@@ -321,6 +324,7 @@ def profile(space: RoutingSpace | CellSpace, out: str | Path, runtime: Runtime |
             raise HwnasError(f"{path} exists; choose another --out or remove it")
     runtime.version()
     runtime.check_device(device)
+    runtime.check_precision(dtype)
     load = timing.describe_device()["load_average_1min"]
     if load is not None and load > MAX_LOAD and not allow_busy:
         raise LatencyError(f"this machine's load average is {load} (more than {MAX_LOAD}): something else is "
@@ -329,7 +333,7 @@ def profile(space: RoutingSpace | CellSpace, out: str | Path, runtime: Runtime |
     start = time.time()
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
         results_csv = Path(tmp) / "results.csv"
-        runtime.profile_here(space, results_csv, threads, batch, warmup, runs, None, device, quiet)
+        runtime.profile_here(space, results_csv, threads, batch, warmup, runs, None, device, quiet, dtype)
         # the load was checked before the kit was written: the runner's reading now includes that
         # work, our own, so it is not checked again
         table = ingest(results_csv, out, name, allow_busy=True)

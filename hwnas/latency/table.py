@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -88,6 +88,14 @@ class LatencyTable:
         return int(self.meta["batch"])
 
     @property
+    def dtype(self) -> str:
+        """The precision its ops were measured at: it prices every op at that precision."""
+        return str(self.meta.get("dtype", "float32"))
+
+    def _name(self, key: OpKey) -> str:
+        return key.name if key.dtype == self.dtype else replace(key, dtype=self.dtype).name
+
+    @property
     def overhead_ms(self) -> float:
         return float(self.meta.get("call_overhead_ms", 0.0))
 
@@ -103,13 +111,13 @@ class LatencyTable:
         return max(self._latency[name] - self.overhead_ms - self.op_cost_ms, 0.0)
 
     def __contains__(self, key: OpKey) -> bool:
-        return key.name in self._latency
+        return self._name(key) in self._latency
 
     def __len__(self) -> int:
         return len(self._latency)
 
     def missing(self, keys: Iterable[OpKey]) -> list[OpKey]:
-        return [k for k in dict.fromkeys(keys) if k.name not in self._latency]
+        return [k for k in dict.fromkeys(keys) if self._name(k) not in self._latency]
 
     def require(self, keys: Iterable[OpKey], space: str | None = None) -> None:
         """Raise LatencyError naming the missing keys and the command that profiles them."""
@@ -122,7 +130,7 @@ class LatencyTable:
             raise LatencyError(f"{self.source} was measured at batch {self.batch}, not {batch}; "
                                + profile_hint(space, batch))
         where = (f"; it was profiled for space {self.space}, not {space}" if space != self.space else "")
-        shown = ", ".join(k.name for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
+        shown = ", ".join(self._name(k) for k in missing[:3]) + (" ..." if len(missing) > 3 else "")
         raise LatencyError(f"{self.source} lacks {len(missing)} key(s) ({shown}){where}; " + profile_hint(space, batch))
 
     def check_for(self, space_name: str, keys: Iterable[OpKey], runtime: str | None = None) -> "LatencyTable":
@@ -135,15 +143,15 @@ class LatencyTable:
 
     def op_ms(self, key: OpKey) -> float:
         """The op's latency inside a network: its measured latency less the costs of its own call, scaled."""
-        if key.name not in self._latency:
+        if self._name(key) not in self._latency:
             self.require([key])
-        return self.scale * self._inside_ms(key.name)
+        return self.scale * self._inside_ms(self._name(key))
 
     def predict(self, keys: Iterable[OpKey]) -> float:
         """Predicted latency (ms) of one network made of `keys` (repeats counted)."""
         keys = list(keys)
         self.require(keys)
-        return self.predict_names(k.name for k in keys)
+        return self.predict_names(self._name(k) for k in keys)
 
     def predict_names(self, names: Iterable[str]) -> float:
         """`predict` for key names (a kit's calibration networks list theirs)."""

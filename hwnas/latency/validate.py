@@ -57,7 +57,7 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
                          "an existing file is never overwritten)")
     table = load_table(table_path)
     space = load_space(space_name)
-    table.check_for(space.name, space_keys(space, table.batch))
+    table.check_for(space.name, space_keys(space, table.batch, table.dtype))
     runtime = table_runtime(table)
     runtime.version()
     rng = random.Random(seed)
@@ -69,7 +69,7 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
 
     with tempfile.TemporaryDirectory(prefix="hwnas-validate-") as tmp:
         networks = {name: build_network(space, arch) for name, arch in archs.items()}
-        calls, prepare = runtime.network_calls(networks, shape, int(table.meta["threads"]), Path(tmp))
+        calls, prepare = runtime.network_calls(networks, shape, int(table.meta["threads"]), Path(tmp), table.dtype)
         bar, update = progress_bar("measuring networks", quiet)
         with bar:
             # in bursts of consecutive calls, as a deployed network runs and as the table's calibration networks were timed

@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from pydantic import SerializeAsAny, ValidationError, field_validator, model_validator
+from torch import nn
 
 from hwnas.config import (MethodConfig, SearchDataConfig, SearchLoopConfig, Strict, check_device,
                           format_validation_error)

@@ -14,8 +14,10 @@ from hwnas.runtimes.torch_eager import TorchEager
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (OnnxRuntime(), TorchEager(), ExecuTorchRuntime(), LiteRtRuntime())}
 
 DEFAULT_RUNTIME = OnnxRuntime.name
+# every precision some runtime measures, float32 first
+PRECISIONS = tuple(dict.fromkeys(p for r in RUNTIMES.values() for p in r.precisions))
 
-__all__ = ["DEFAULT_RUNTIME", "FileRuntime", "Runtime", "RUNTIMES", "export_formats", "file_runtime_names",
+__all__ = ["DEFAULT_RUNTIME", "PRECISIONS", "FileRuntime", "Runtime", "RUNTIMES", "export_formats", "file_runtime_names",
            "get_runtime", "runtime_names"]
 
 

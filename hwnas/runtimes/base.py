@@ -22,9 +22,13 @@ class RuntimeMissing(HwnasError):
     pass
 
 
+FLOAT32 = "float32"
+
+
 class Runtime(ABC):
     name: str  # as the user types it
     table_name: str  # as tables and kits record it
+    precisions: tuple[str, ...] = (FLOAT32,)  # what its tables and files can be measured at
     extra: str | None = None  # the pip extra that installs it, when not a core dependency
     # how its outputs may differ from PyTorch's: absolute, scaled by max(1, largest |output|)
     tolerance: float = 1e-4
@@ -39,15 +43,21 @@ class Runtime(ABC):
 
     @abstractmethod
     def network_calls(self, networks: dict[str, nn.Module], shape: tuple[int, ...], threads: int,
-                      workdir: Path) -> tuple[Calls, Calls]:
-        """One timed call per network in this runtime and the untimed preparation before each (reading the
-        input, as the kit runners do for ops)."""
+                      workdir: Path, dtype: str = FLOAT32) -> tuple[Calls, Calls]:
+        """One timed call per network in this runtime (at `dtype`) and the untimed preparation before each
+        (reading the input, as the kit runners do for ops)."""
 
     @abstractmethod
     def profile_here(self, space, results_csv: Path, threads: int, batch: int, warmup: int, runs: int,
-                     progress: Callable[[int, int], None] | None, device: str, quiet: bool) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None, device: str, quiet: bool,
+                     dtype: str = FLOAT32) -> dict[str, Any]:
         """Time every key of `space` (and the calibration models) on this machine; write what the
         device-side runners write (results CSV and its description)."""
+
+    def check_precision(self, dtype: str) -> None:
+        if dtype not in self.precisions:
+            raise HwnasError(f"--precision {dtype}: the {self.name} runtime measures {', '.join(self.precisions)} "
+                             f"here; int8 tables come from the runtimes that quantize (ort)")
 
     def check_device(self, device: str) -> None:
         if device != "cpu":
@@ -66,6 +76,18 @@ class FileRuntime(Runtime):
     def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
         """Write the eval-mode `module`, for inputs of `input_shape`, as this runtime's file."""
 
+    def save_at(self, module: nn.Module, input_shape: tuple[int, ...], path: Path, dtype: str = FLOAT32) -> None:
+        """`save` at `dtype`: float32, or int8 where the runtime quantizes (`precisions`)."""
+        self.check_precision(dtype)
+        if dtype == FLOAT32:
+            self.save(module, input_shape, path)
+        else:
+            self.save_quantized(module, input_shape, path)
+
+    def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+        """The int8 file, quantized as `hwnas export --quantize int8` quantizes (runtimes in `precisions`)."""
+        raise NotImplementedError
+
     def version(self) -> str:
         from profilers.runner import KitError
 
@@ -83,17 +105,18 @@ class FileRuntime(Runtime):
         return self.device.load(path, threads)
 
     def network_calls(self, networks: dict[str, nn.Module], shape: tuple[int, ...], threads: int,
-                      workdir: Path) -> tuple[Calls, Calls]:
+                      workdir: Path, dtype: str = FLOAT32) -> tuple[Calls, Calls]:
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         calls = {}
         for name, model in networks.items():
             path = workdir / f"{name}{self.suffix}"
-            self.save(model, shape, path)
+            self.save_at(model, shape, path, dtype)
             calls[name] = self.load(path, threads).bound(x)
         return calls, {name: x.sum for name in networks}
 
     def profile_here(self, space, results_csv: Path, threads: int, batch: int, warmup: int, runs: int,
-                     progress: Callable[[int, int], None] | None, device: str, quiet: bool) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None, device: str, quiet: bool,
+                     dtype: str = FLOAT32) -> dict[str, Any]:
         from hwnas.latency.kit import build_kit, progress_bar
         from profilers.runner import KitError, run_kit
 
@@ -101,7 +124,7 @@ class FileRuntime(Runtime):
         kit_dir = results_csv.parent / "kit"
         bar, update = progress_bar(f"writing {self.name} kit", quiet)
         with bar:
-            build_kit(space, kit_dir, batch, self, progress=update)
+            build_kit(space, kit_dir, batch, self, progress=update, dtype=dtype)
         bar, update = progress_bar("measuring", quiet)
         with bar:
             try:

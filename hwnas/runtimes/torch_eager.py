@@ -14,7 +14,7 @@ from torch import nn
 
 import hwnas
 from hwnas.errors import HwnasError
-from hwnas.runtimes.base import Calls, Runtime
+from hwnas.runtimes.base import FLOAT32, Calls, Runtime
 from profilers import measure as timing
 
 
@@ -38,7 +38,8 @@ class TorchEager(Runtime):
             raise HwnasError(f"--device {device}: this machine has no CUDA device")
 
     def network_calls(self, networks: dict[str, nn.Module], shape: tuple[int, ...], threads: int,
-                      workdir: Path) -> tuple[Calls, Calls]:
+                      workdir: Path, dtype: str = FLOAT32) -> tuple[Calls, Calls]:
+        self.check_precision(dtype)
         torch.set_num_threads(threads)
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         tensor = torch.from_numpy(x)
@@ -52,10 +53,12 @@ class TorchEager(Runtime):
         return {name: eager(model.eval()) for name, model in networks.items()}, {name: x.sum for name in networks}
 
     def profile_here(self, space, results_csv: Path, threads: int, batch: int, warmup: int, runs: int,
-                     progress: Callable[[int, int], None] | None, device: str, quiet: bool) -> dict[str, Any]:
+                     progress: Callable[[int, int], None] | None, device: str, quiet: bool,
+                     dtype: str = FLOAT32) -> dict[str, Any]:
         from hwnas.latency.kit import progress_bar
 
         self.check_device(device)
+        self.check_precision(dtype)
         bar, update = progress_bar("measuring (torch)", quiet)
         with bar:
             return torch_profile(space, results_csv, device, threads, batch, warmup, runs, progress=update)

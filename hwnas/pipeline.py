@@ -67,7 +67,8 @@ def choose_table(shipped: str, space, run_dir: Path, quiet: bool, runtime_name: 
         table = shipped_table_for(space.name, runtime, dtype)
         choice["shipped_for_runtime"] = table.source if table else None
     if table is None:
-        same, differs = False, [f"runtime: no shipped {space.name} table measured with {runtime.name} at {dtype}"]
+        at = "" if dtype == "float32" else f" at {dtype}"
+        same, differs = False, [f"runtime: no shipped {space.name} table measured with {runtime.name}{at}"]
     else:
         same, differs = same_host(table)
         if table.space != space.name:

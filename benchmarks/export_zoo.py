@@ -57,7 +57,7 @@ def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: 
            "random_max_abs_diff": checks["random"]["max_abs_diff"], "tolerance": checks["random"]["tolerance"],
            "max_abs_output": checks["random"]["max_abs_output"], "bytes": path.stat().st_size,
            "measured_ms": lat["measured_ms"], "predicted_ms": lat.get("predicted_ms"), "error_pct": lat.get("error_pct"),
-           "table": use_table}
+           "table": use_table, "table_same_host": lat.get("table_same_host")}
     if fmt == "onnx":
         row["ort_max_abs_diff"] = report["ort"]["parity"]["max_abs_diff"]
         row["torch_eager_ms"] = eager_ms(name, dataset, runs)

@@ -111,6 +111,14 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
                   max_accuracy_drop=drop / 100)
 
 
+def _host_note(latency: dict[str, Any]) -> str:
+    return "" if latency.get("table_same_host", True) else "; the table comes from another host"
+
+
+def _other_host(result: dict[str, Any]) -> str:
+    return "profiled on another host (" + "; ".join(result["differs"]) + ")"
+
+
 def _show_export(r: dict[str, Any]) -> None:
     parity = r["parity"]
     real = (f", real images {parity['real']['max_abs_diff']:.2e} (tolerance {parity['real']['tolerance']:.1e})"
@@ -121,7 +129,7 @@ def _show_export(r: dict[str, Any]) -> None:
     lat = r["latency"]
     line = f"  latency (ORT, {lat['threads']} thread, batch {lat['batch']}): {lat['measured_ms']:.3f} ms measured"
     if "predicted_ms" in lat:
-        line += f", {lat['predicted_ms']:.3f} ms predicted by the table ({lat['error_pct']:+.1f}%)"
+        line += f", {lat['predicted_ms']:.3f} ms predicted by the table ({lat['error_pct']:+.1f}%){_host_note(lat)}"
     print(line)
     if "ort" in r:
         print(f"  mobile format: {r['ort']['path']}")
@@ -131,7 +139,7 @@ def _show_export(r: dict[str, Any]) -> None:
         line = (f"  {other['path']} ({other['runtime']} {other['runtime_version']}): max |diff| from PyTorch {checks}; "
                 f"{lat['measured_ms']:.3f} ms measured ({lat['threads']} thread)")
         if "predicted_ms" in lat:
-            line += f", {lat['predicted_ms']:.3f} ms predicted ({lat['error_pct']:+.1f}%)"
+            line += f", {lat['predicted_ms']:.3f} ms predicted ({lat['error_pct']:+.1f}%){_host_note(lat)}"
         print(line)
     if "int8" in r:
         q = r["int8"]
@@ -275,7 +283,7 @@ def _lut(args: argparse.Namespace) -> dict[str, Any]:
 def _show_lut(result: dict[str, Any]) -> None:
     if result.get("command") == "lut check":
         print(f"{result['table']}: " + ("profiled on a host like this one" if result["same_host"] else
-                                        "profiled on another host (" + "; ".join(result["differs"]) + ")"))
+                                        _other_host(result)))
         print(f"  calibration networks measure {result['ratio']:.3f}x the prediction here "
               f"(spread {result['spread']:.1%}, load average {result['load_average_1min']}): {result['decision']}")
         return
@@ -286,6 +294,9 @@ def _show_lut(result: dict[str, Any]) -> None:
             print(f"  {part:<28} {ms:8.3f} ms")
         return
     print(f"{result['samples']} random {result['space']} networks, {result['runtime']} {result['threads']} thread(s):")
+    if not result["same_host"]:
+        print(f"  note: {result['table']} was {_other_host(result)}; these errors measure the two hosts' "
+              "difference as well as the table")
     print(f"  within +-5%   {result['within_5pct']:.0%}\n  within +-10%  {result['within_10pct']:.0%}")
     print(f"  MAPE          {result['mape_pct']:.2f}% (mean error {result['mean_error_pct']:+.2f}%)")
     print(f"  Kendall tau   {result['kendall_tau']:.3f}\n  Spearman rho  {result['spearman_rho']:.3f}")

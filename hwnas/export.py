@@ -148,19 +148,23 @@ def timing_settings(prediction: dict[str, Any] | None, threads: int, runs: int) 
 def with_prediction(latency: dict[str, Any], prediction: dict[str, Any] | None) -> dict[str, Any]:
     if prediction:
         latency.update(predicted_ms=prediction["predicted_ms"], table=prediction["table"],
-                       breakdown_ms=prediction["breakdown_ms"],
+                       breakdown_ms=prediction["breakdown_ms"], table_same_host=prediction["same_host"],
+                       table_differs=prediction["differs"],
                        error_pct=100 * (prediction["predicted_ms"] / latency["measured_ms"] - 1))
     return latency
 
 
 def table_prediction(table_path: str, arch, model_cfg: ModelConfig, size: int) -> dict[str, Any]:
     """The table's prediction for this network; an error when the table describes another network."""
+    from hwnas.latency.check import same_host
     from hwnas.latency.table import load_table, table_runtime
     from hwnas.latency.validate import predict
 
     table = load_table(table_path)
     space = kind_of(arch).table_space(arch, table, model_cfg, size)
+    same, differs = same_host(table)
     return {**predict(table, space, arch), "runtime": table_runtime(table).name, "dtype": table.dtype,
+            "same_host": same, "differs": differs,
             "threads": int(table.meta["threads"]),
             "warmup": int(table.meta.get("warmup", 10)), "runs": int(table.meta.get("runs", 100))}
 

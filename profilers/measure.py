@@ -76,6 +76,13 @@ def _cpuinfo() -> dict[str, str]:
     return fields
 
 
+# the instruction-set extensions that choose a runtime's kernels (x86-64 and Arm), named in tables so
+# that a reader sees why two hosts of one CPU model string differ
+VECTOR_EXTENSIONS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                     "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16",
+                     "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "sme")
+
+
 def host_identity() -> dict[str, object]:
     """What tells one host from another beyond its CPU model string: one model name covers several
     generations, core counts, cache sizes and instruction sets (AVX-512 or not changes every kernel)."""
@@ -90,6 +97,7 @@ def host_identity() -> dict[str, object]:
     return {
         "cpu_model": cpu_model(),
         "cpu_flags": hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:12] if flags else None,
+        "vector_isa": [name for name in VECTOR_EXTENSIONS if name in flags.split()],
         "cpu_count": os.cpu_count(),
         "cache_size": info.get("cache size"),
         "memory_gb": memory_gb,

@@ -351,6 +351,7 @@ def test_one_step_profile_and_validate_on_a_tiny_space(tiny, tmp_path):
         assert net["predicted_ms"] == pytest.approx(predict(table, tiny, arch)["predicted_ms"])
         assert net["measured_ms"] > 0
     assert 0 <= report["within_10pct"] <= 1 and (tmp_path / "v.png").stat().st_size > 0
+    assert report["same_host"] and report["differs"] == []  # profiled a moment ago, here
 
 
 def test_genotype_keys_cover_a_published_cell():

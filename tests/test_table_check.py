@@ -80,6 +80,24 @@ def test_a_table_from_another_host_is_not_used(tmp_path, monkeypatch):
     assert calls and calls[0][0] == "densenas_32_small" and calls[0][2]["allow_busy"]
 
 
+def test_another_host_names_the_vector_extensions_it_lacks_or_adds(monkeypatch):
+    table = load_table(TABLE)
+    here = {k: table.meta["device"].get(k) for k in check.IDENTITY_FIELDS}
+    table.meta["device"]["vector_isa"] = ["avx", "avx2", "fma", "avx512f", "avx512_vnni"]
+    monkeypatch.setattr(check, "host_identity", lambda: {**here, "cpu_flags": "another", "vector_isa": ["avx", "avx2", "fma", "avx_vnni"]})
+    same, differs = check.same_host(table, table.meta["runtime_version"])
+    assert not same
+    assert "vector extensions: only the table's host has avx512f avx512_vnni; only this host has avx_vnni" in differs
+    # flags that differ elsewhere (a new kernel feature) leave the kernels' extensions the same
+    monkeypatch.setattr(check, "host_identity", lambda: {**here, "cpu_flags": "another", "vector_isa": ["avx", "avx2", "fma", "avx512f", "avx512_vnni"]})
+    assert check.same_host(table, table.meta["runtime_version"])[1][-1].startswith("vector extensions: the same")
+
+
+def test_this_hosts_vector_extensions_are_read_from_its_flags(monkeypatch):
+    monkeypatch.setattr(timing, "_cpuinfo", lambda: {"model name": "X", "flags": "fpu sse4_2 avx avx2 fma avx512f"})
+    assert timing.host_identity()["vector_isa"] == ["sse4_2", "avx", "avx2", "fma", "avx512f"]
+
+
 def test_same_model_string_is_not_the_same_host():
     table = load_table("latency_tables/amd-epyc-2core-ort-1thread/densenas_32.csv")
     same, differs = check.same_host(table, table.meta["runtime_version"])

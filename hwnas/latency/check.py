@@ -42,9 +42,22 @@ def same_host(table: LatencyTable, runtime_version: str | None = None) -> tuple[
     here = host_identity()
     differs = [f"{name}: table {recorded.get(name)!r}, here {here.get(name)!r}" for name in IDENTITY_FIELDS
                if recorded.get(name) != here.get(name)]
+    if recorded.get("cpu_flags") != here.get("cpu_flags") and "vector_isa" in recorded:
+        differs.append(isa_difference(recorded["vector_isa"], here["vector_isa"]))
     if table.meta.get("runtime_version") != runtime_version:
         differs.append(f"runtime version: table {table.meta.get('runtime_version')}, here {runtime_version}")
     return not differs, differs
+
+
+def isa_difference(table_isa: list[str], here_isa: list[str]) -> str:
+    """The vector extensions one host has and the other lacks: what changes a runtime's kernels."""
+    only_table = [name for name in table_isa if name not in here_isa]
+    only_here = [name for name in here_isa if name not in table_isa]
+    if not only_table and not only_here:
+        return "vector extensions: the same (" + " ".join(here_isa) + ")"
+    return "vector extensions: " + "; ".join(part for part in (
+        only_table and "only the table's host has " + " ".join(only_table),
+        only_here and "only this host has " + " ".join(only_here)) if part)
 
 
 def time_networks(networks: dict[str, Any], space, table: LatencyTable, min_runs: int) -> dict[str, float]:

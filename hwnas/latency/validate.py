@@ -18,6 +18,7 @@ import torch
 from scipy import stats
 
 from hwnas.errors import HwnasError
+from hwnas.latency.check import same_host
 from hwnas.latency.keys import space_keys
 from hwnas.latency.networks import Arch, arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import LatencyTable, load_table, table_runtime
@@ -77,8 +78,11 @@ def validate(table_path: str | Path, space_name: str | Path, samples: int = 50, 
                                            runs=int(table.meta.get("runs", 50)), progress=update, prepare=prepare)
     measured = {name: results[name][table.estimator] for name in archs}
     names = list(archs)
+    # on another host the errors measure the two hosts' difference as much as the table
+    same, differs = same_host(table)
     report = {
         "table": table.source, "space": space.name, "samples": samples, "seed": seed, "estimator": table.estimator,
+        "same_host": same, "differs": differs,
         "runtime": runtime.name, "threads": int(table.meta["threads"]), "call_overhead_ms": table.overhead_ms,
         **agreement([predicted[n] for n in names], [measured[n] for n in names]),
         "networks": [{"name": n, "predicted_ms": predicted[n], "measured_ms": measured[n],

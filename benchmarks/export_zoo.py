@@ -41,9 +41,9 @@ def eager_ms(name: str, dataset: str, runs: int) -> float:
     return timing.measure_networks(calls, warmup=10, runs=runs, prepare=prepare)[name]["p10_ms"]
 
 
-def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: int) -> dict:
+def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: int, tables: str) -> dict:
     # GDAS_F1's fixed reduction cell has no table keys: it is exported and measured without a prediction
-    table_path = Path(TABLES[fmt]) / table
+    table_path = Path(tables) / table
     use_table = str(table_path) if table_path.is_file() and name != "GDAS_F1" else None
     started = time.perf_counter()
     report = export(name, tmp / f"{name}.onnx", dataset=dataset, table=use_table, ort_format=fmt == "onnx",
@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--format", choices=["onnx", "pte", "tflite"], default="onnx")
     parser.add_argument("--out", default="benchmarks/results/export_zoo.json")
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--networks", nargs="+", choices=[name for name, _, _ in NETWORKS],
+                        help="only these (default: all)")
+    parser.add_argument("--tables", help="the folder of tables to predict with (default: the runtime's shipped one)")
     args = parser.parse_args()
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {}
@@ -81,11 +84,12 @@ def main() -> None:
     done = {row["arch"] for row in entry["rows"]}
     with tempfile.TemporaryDirectory() as tmp:
         for name, dataset, table in NETWORKS:
-            if name in done:
+            if name in done or (args.networks and name not in args.networks):
                 continue
             load = round(os.getloadavg()[0], 2)
-            row = {**measure_one(name, dataset, table, args.format, Path(tmp), args.runs), "load_average_1min": load,
-                   "cpu_model": timing.cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M")}
+            row = {**measure_one(name, dataset, table, args.format, Path(tmp), args.runs, args.tables or TABLES[args.format]), "load_average_1min": load,
+                   "cpu_model": timing.cpu_model(),
+                   "cpu_flags": timing.host_identity()["cpu_flags"], "date": time.strftime("%Y-%m-%d %H:%M")}
             entry["rows"].append(row)
             print(json.dumps(row), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     python benchmarks/main_job.py --table-scale 1.3 --out benchmarks/results/main_job_off_table.json
     python benchmarks/main_job.py --fractions 0.1 0.3 0.5 0.7 0.9 --out benchmarks/results/densenas_budget.json
     python benchmarks/main_job.py --runtime executorch --out benchmarks/results/main_job_executorch.json
+    python benchmarks/main_job.py --precision int8 --budgets 0.5 --out benchmarks/results/main_job_int8.json
 
 Each budget is one `hwnas run` (table check, search, training, export, latency measured end to end) in
 its own folder under --runs; a finished run is read back and an unfinished one resumed, so the benchmark
@@ -65,6 +66,9 @@ def main() -> None:
     group.add_argument("--budgets", type=float, nargs="+", help="budgets in ms (default: the config's)")
     group.add_argument("--fractions", type=float, nargs="+", help="budgets across the table's feasible range")
     parser.add_argument("--table-scale", type=float, help="simulate a shipped table off by this factor")
+    parser.add_argument("--precision", choices=["float32", "int8"], default="float32",
+                        help="int8: the network is deployed quantized, searched with an int8 table and its budget "
+                             "judged on the int8 file")
     parser.add_argument("--runtime", help="the runtime the run deploys with (default the config's): its table, "
                                           "its file, its measured latency")
     args = parser.parse_args()
@@ -84,7 +88,8 @@ def main() -> None:
         # the range as the run's runtime runs the space: its shipped table when the config's is another runtime's
         runtime = get_runtime(args.runtime or config.runtime)
         table = load_table(config.table)
-        table = table if table_runtime(table) is runtime else shipped_table_for(space.name, runtime) or table
+        if table_runtime(table) is not runtime or table.dtype != args.precision:
+            table = shipped_table_for(space.name, runtime, args.precision) or table
         low, high = RoutingCost(space, table).bounds()
         budgets = [round(low + f * (high - low), 3) for f in args.fractions]
     else:
@@ -93,14 +98,14 @@ def main() -> None:
     rows = []
     for budget in budgets:
         run_dir = runs / (f"budget-{budget:.3f}ms" + (f"-table-x{args.table_scale:g}" if args.table_scale else "")
-                          + (f"-{args.runtime}" if args.runtime else ""))
+                          + (f"-{args.runtime}" if args.runtime else "") + ("-int8" if args.precision == "int8" else ""))
         load_before = round(os.getloadavg()[0], 2)
         if not (run_dir / "report.json").is_file():
             started = time.time()
             resume = ["--resume"] if (run_dir / "config.yaml").is_file() else []
             code = hwnas(["run", args.config, "--out", str(run_dir), "--quiet", "--set", f"budget_ms={budget}",
                           "--set", f"table={table_path}", *(["--runtime", args.runtime] if args.runtime else []),
-                          *resume])
+                          *(["--set", "export.quantize=int8"] if args.precision == "int8" else []), *resume])
             if code != 0:
                 raise SystemExit(f"hwnas run failed at budget {budget} ms (exit {code})")
             print(f"budget {budget:.3f} ms: run took {time.time() - started:.0f} s", flush=True)
@@ -110,7 +115,7 @@ def main() -> None:
               f"({row['measured_vs_budget_pct']:+.1f}%, {row['budget']}), supernet {row['search_end_val_acc']:.1%}, "
               f"test {row['test_acc']:.1%}, table: {row['table']['decision']}", flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "config": args.config, "table": table_path,
-              "runtime": args.runtime or config.runtime,
+              "runtime": args.runtime or config.runtime, "precision": args.precision,
               "table_scale": args.table_scale, "budget_rule": "met when measured is within -10% / +5% of the budget",
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

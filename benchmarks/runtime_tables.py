@@ -9,6 +9,11 @@ machine (the load average before and after each measurement is recorded):
 
     python benchmarks/runtime_tables.py --runtime executorch --ship amd-epyc-2core-executorch-1thread
     python benchmarks/runtime_tables.py --runtime litert --ship amd-epyc-2core-litert-1thread
+    python benchmarks/runtime_tables.py --runtime ort --precision int8 --spaces densenas_32_small \
+        --ship amd-epyc-2core-ort-int8-1thread                      # an int8 table (quantized micro-models)
+
+Every measurement records the host's instruction-set fingerprint (`cpu_flags`): a table validated on
+another host than it was profiled on measures the hosts' difference too.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,9 +36,9 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def wait_until_quiet(limit: float = 0.5, patience_s: float = 600) -> None:
-    """Profiling refuses a device whose load average is above `limit`; the previous step's own work leaves
-    the average high for a minute or two."""
+def wait_until_quiet(limit: float = 0.4, patience_s: float = 600) -> None:
+    """Profiling refuses a device whose load average is above 0.5; the previous step's own work leaves
+    the average high for a minute or two, and loading the runtime raises it again: wait for some margin."""
     waited = 0
     while load() > limit and waited < patience_s:
         time.sleep(10)
@@ -50,6 +54,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--runs", type=int, default=100, help="timed runs per key")
     parser.add_argument("--out", default="benchmarks/results/runtime_tables.json")
+    parser.add_argument("--precision", choices=["float32", "int8"], default="float32")
     parser.add_argument("--kits-only", action="store_true",
                         help="build the kits and stop: that needs no quiet machine, the measurements do")
     args = parser.parse_args()
@@ -57,32 +62,36 @@ def main() -> None:
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
     entry = report.setdefault(runtime.name, {})
+    at = "" if args.precision == "float32" else f"_{args.precision}"
     for name in args.spaces:
         space = load_space(name)
-        kit = Path(args.kits) / f"{runtime.name}_{name}"
+        kit = Path(args.kits) / f"{runtime.name}_{name}{at}"
         table = Path("latency_tables") / args.ship / f"{name}.csv"
-        row = entry.setdefault(name, {})
+        row = entry.setdefault(name + at.replace("_", ":"), {})
         # a kit is only needed to profile: a table already shipped is validated without one
         if (args.kits_only or not table.is_file()) and not (kit / "manifest.json").is_file():
             started = time.perf_counter()
-            build_kit(space, kit, 1, runtime)
+            build_kit(space, kit, 1, runtime, dtype=args.precision)
             row["kit_seconds"] = round(time.perf_counter() - started, 1)
         if args.kits_only:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2) + "\n")
             continue
         if not table.is_file():
+            # the runner's results are kept beside the kit: a table refused at ingest (a busy device) is
+            # measured again, never lost unseen
+            results = kit.parent / f"{kit.name}-results.csv"
             wait_until_quiet()
             before = load()
-            with tempfile.TemporaryDirectory() as tmp:
-                description = run_kit(runtime.device, kit, Path(tmp) / "results.csv", 1, 10, args.runs)
-                table.parent.mkdir(parents=True, exist_ok=True)
-                made = ingest(Path(tmp) / "results.csv", table, args.ship)
+            description = run_kit(runtime.device, kit, results, 1, 10, args.runs)
+            table.parent.mkdir(parents=True, exist_ok=True)
+            made = ingest(results, table, args.ship)
             row["profile"] = {"keys": len(made), "seconds": description["seconds"], "load_before": before,
                               "load_after": load(), "unstable_keys": len(description["unstable_keys"]),
                               "call_overhead_ms": made.overhead_ms, "network_scale": made.scale, "op_cost_ms": made.op_cost_ms,
                               "network_fit": made.meta["network_fit"],
-                              "cpu_model": timing.cpu_model(), "runtime_version": made.meta["runtime_version"]}
+                              "cpu_model": timing.cpu_model(), "cpu_flags": made.meta["device"]["cpu_flags"],
+                              "runtime_version": made.meta["runtime_version"]}
             print(name, row["profile"], flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(report, indent=2) + "\n")
@@ -94,6 +103,7 @@ def main() -> None:
             row["validate"] = {**{k: v for k, v in result.items() if k not in ("networks",)},
                                "seconds": round(time.perf_counter() - started, 1), "load_before": before,
                                "load_after": load(), "cpu_model": timing.cpu_model(),
+                               "cpu_flags": timing.host_identity()["cpu_flags"],
                                "networks": [{k: n[k] for k in ("predicted_ms", "measured_ms", "measured_median_ms")}
                                             for n in result["networks"]]}
             print(name, {k: v for k, v in row["validate"].items() if k != "networks"}, flush=True)

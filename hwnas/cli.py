@@ -395,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_count(MAX_RUNS), default=100, help="timed runs per key, one per interleaved round")
     p.add_argument("--device", default="cpu", help="torch runtime only: cpu or cuda[:N]")
     p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
-                   help="int8: every op and calibration network quantized as `hwnas export --quantize int8` does (ort)")
+                   help="int8: every op and calibration network quantized with the runtime's int8 scheme (ort: as "
+                        "`hwnas export --quantize int8` does; executorch: XNNPACKQuantizer)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--allow-busy", action="store_true",

@@ -199,10 +199,10 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _int8_where_the_runtime_quantizes(self) -> "RunConfig":
-        if self.export.quantize and self.export.quantize not in get_runtime(self.runtime).precisions:
+        if self.export.quantize and self.export.quantize not in get_runtime(self.runtime).deploy_precisions:
             raise ValueError(f"export.quantize: {self.export.quantize}: the {self.runtime} runtime has no "
                              f"{self.export.quantize} files; deploy int8 with a runtime that quantizes "
-                             f"({', '.join(n for n in file_runtime_names() if self.export.quantize in get_runtime(n).precisions)})")
+                             f"({', '.join(n for n in file_runtime_names() if self.export.quantize in get_runtime(n).deploy_precisions)})")
         return self
 
 

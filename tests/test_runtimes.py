@@ -188,6 +188,25 @@ def test_export_writes_checks_and_times_another_runtimes_file(name, fmt, tmp_pat
     assert other["parity"]["random"]["max_abs_output"] > 0.5
 
 
+def test_an_executorch_int8_file_holds_int8_weights_and_stays_close_to_pytorch(tiny, tmp_path):
+    require("executorch")
+    runtime = get_runtime("executorch")
+    model, shape = tiny_network(tiny), input_shape(tiny, 1)
+    runtime.save_at(model, shape, tmp_path / "float.pte")
+    runtime.save_at(model, shape, tmp_path / "int8.pte", "int8")
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    expected = model(torch.from_numpy(x)).detach().numpy()
+    relative = np.abs(runtime.load(tmp_path / "int8.pte", 1).run(x) - expected).max() / np.abs(expected).max()
+    assert 1e-4 < relative < 0.15  # quantized, so not float-exact, and still the same function
+    # int8 weights take a quarter of float32's bytes: a layer of 50k weights shows it through the graph's own bytes
+    from hwnas.ops.mobile import MBConv
+
+    layer = MBConv(64, 64, 3, 6, 1).eval()
+    runtime.save_at(layer, (1, 64, 8, 8), tmp_path / "layer.pte")
+    runtime.save_at(layer, (1, 64, 8, 8), tmp_path / "layer_int8.pte", "int8")
+    assert (tmp_path / "layer_int8.pte").stat().st_size < 0.4 * (tmp_path / "layer.pte").stat().st_size
+
+
 def test_a_table_of_another_runtime_is_refused_before_anything_is_written(tmp_path):
     from hwnas.export import export
 

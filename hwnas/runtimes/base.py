@@ -28,7 +28,10 @@ FLOAT32 = "float32"
 class Runtime(ABC):
     name: str  # as the user types it
     table_name: str  # as tables and kits record it
-    precisions: tuple[str, ...] = (FLOAT32,)  # what its tables and files can be measured at
+    precisions: tuple[str, ...] = (FLOAT32,)  # what its tables (kit files) can be measured at
+    # what `hwnas export --quantize` and `hwnas run` can deploy with it: an int8 export also needs the
+    # accuracy remedies (hwnas/quantize.py), which only some runtimes have
+    deploy_precisions: tuple[str, ...] = (FLOAT32,)
     extra: str | None = None  # the pip extra that installs it, when not a core dependency
     # how its outputs may differ from PyTorch's: absolute, scaled by max(1, largest |output|)
     tolerance: float = 1e-4
@@ -55,9 +58,12 @@ class Runtime(ABC):
         device-side runners write (results CSV and its description)."""
 
     def check_precision(self, dtype: str) -> None:
+        from hwnas.runtimes import RUNTIMES
+
         if dtype not in self.precisions:
             raise HwnasError(f"--precision {dtype}: the {self.name} runtime measures {', '.join(self.precisions)} "
-                             f"here; int8 tables come from the runtimes that quantize (ort)")
+                             f"here; int8 tables come from the runtimes that quantize "
+                             f"({', '.join(n for n, r in RUNTIMES.items() if dtype in r.precisions)})")
 
     def check_device(self, device: str) -> None:
         if device != "cpu":

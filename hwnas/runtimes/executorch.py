@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from hwnas.runtimes.base import FileRuntime, native_output_silenced
+from hwnas.runtimes.base import FLOAT32, FileRuntime, native_output_silenced
 from profilers import executorch_runner
 
 
@@ -20,14 +20,41 @@ class ExecuTorchRuntime(FileRuntime):
     extra = "executorch"
     device = executorch_runner.RUNTIME
     opset = None
+    precisions = (FLOAT32, "int8")
 
     def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
         self.version()
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-        from executorch.exir import to_edge_transform_and_lower
-
         with warnings.catch_warnings(), torch.no_grad(), native_output_silenced():
             warnings.simplefilter("ignore")
             program = torch.export.export(module.eval(), (torch.randn(*input_shape),))
-            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
-        Path(path).write_bytes(lowered.buffer)
+        _write_lowered(program, path)
+
+    def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+        # XNNPACK's own int8 scheme (PT2E with XNNPACKQuantizer): symmetric per-channel int8 weights, int8
+        # activations; ranges from random inputs, which a kernel's speed does not depend on
+        self.version()
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                             get_symmetric_quantization_config)
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        generator = torch.Generator().manual_seed(0)
+        example = (torch.randn(*input_shape, generator=generator),)
+        quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        with warnings.catch_warnings(), torch.no_grad(), native_output_silenced():
+            warnings.simplefilter("ignore")
+            prepared = prepare_pt2e(torch.export.export(module.eval(), example).module(), quantizer)
+            for _ in range(16):
+                prepared(torch.randn(*input_shape, generator=generator))
+            program = torch.export.export(convert_pt2e(prepared), example)
+        _write_lowered(program, path)
+
+
+def _write_lowered(program, path: Path) -> None:
+    """The exported program with every op XNNPACK takes delegated to it, as a `.pte`."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with warnings.catch_warnings(), native_output_silenced():
+        warnings.simplefilter("ignore")
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    Path(path).write_bytes(lowered.buffer)

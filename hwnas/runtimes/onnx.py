@@ -35,6 +35,7 @@ class OnnxRuntime(FileRuntime):
     device = ort_runner.RUNTIME
     opset = OPSET
     precisions = (FLOAT32, "int8")
+    deploy_precisions = (FLOAT32, "int8")
 
     def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
         export_onnx(module, input_shape, path)

@@ -37,7 +37,13 @@ IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cpu_count", "cache_size", "memory_
 def same_host(table: LatencyTable, runtime_version: str | None = None) -> tuple[bool, list[str]]:
     """Whether the table was profiled on a host like this one with `runtime_version` of its runtime (by
     default the one installed here); what differs."""
-    runtime_version = runtime_version or table_runtime(table).version()
+    from hwnas.runtimes.base import RuntimeMissing
+
+    if runtime_version is None:
+        try:
+            runtime_version = table_runtime(table).version()
+        except RuntimeMissing:  # then no table of that runtime describes this host as it is
+            runtime_version = "not installed"
     recorded = table.meta.get("device") or {}
     here = host_identity()
     differs = [f"{name}: table {recorded.get(name)!r}, here {here.get(name)!r}" for name in IDENTITY_FIELDS

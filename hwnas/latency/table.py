@@ -241,12 +241,13 @@ def load_table(path: str | Path) -> LatencyTable:
             key = OpKey(str(record["op"]), int(record["c_in"]), int(record["c_out"]), int(record["size"]),
                         int(record["stride"]), int(record["batch"]), str(record["dtype"]))
             consistent = key.name == record["key"] and (key.kernel, key.expansion) == (record["kernel"], record["expansion"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite number where an integer belongs
             consistent = False
         if not consistent:
             raise LatencyError(f"{path}: row {record['key']} does not match its signature columns")
-    table = LatencyTable(rows.set_index("key")[COLUMNS[1:]], meta, str(path))
-    _check_rows(table.rows, str(path))
+    rows = rows.set_index("key")[COLUMNS[1:]]
+    _check_rows(rows, str(path))  # before the table reads its statistic as numbers
+    table = LatencyTable(rows, meta, str(path))
     _warn_other_cpu(table)
     return table
 

@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/int8_speed.json")
     args = parser.parse_args()
     rows = []
+    nets = networks(args.arch)  # built once, saved by each runtime
     with tempfile.TemporaryDirectory() as tmp:
         for runtime in RUNTIMES.values():
             if not isinstance(runtime, FileRuntime) or "int8" not in runtime.precisions:
@@ -53,7 +54,7 @@ def main() -> None:
                 version = runtime.version()
             except RuntimeMissing:
                 continue
-            for name, (model, shape) in networks(args.arch).items():
+            for name, (model, shape) in nets.items():
                 x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
                 calls = {}
                 for dtype in ("float32", "int8"):

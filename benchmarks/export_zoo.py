@@ -46,8 +46,8 @@ def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: 
     table_path = Path(tables) / table
     use_table = str(table_path) if table_path.is_file() and name != "GDAS_F1" else None
     started = time.perf_counter()
-    report = export(name, tmp / f"{name}.onnx", dataset=dataset, table=use_table, ort_format=fmt == "onnx",
-                    formats=[] if fmt == "onnx" else [fmt], runs=runs)
+    report = export(name, tmp / f"{name}.onnx", dataset=dataset, table=use_table, formats=["ort" if fmt == "onnx" else fmt],
+                    runs=runs)
     if fmt == "onnx":
         lat, checks, path = report["latency"], report["parity"], tmp / f"{name}.onnx"
     else:
@@ -59,7 +59,7 @@ def measure_one(name: str, dataset: str, table: str, fmt: str, tmp: Path, runs: 
            "measured_ms": lat["measured_ms"], "predicted_ms": lat.get("predicted_ms"), "error_pct": lat.get("error_pct"),
            "table": use_table, "table_same_host": lat.get("table_same_host")}
     if fmt == "onnx":
-        row["ort_max_abs_diff"] = report["ort"]["parity"]["max_abs_diff"]
+        row["ort_max_abs_diff"] = report["runtimes"]["ort"]["parity"]["random"]["max_abs_diff"]
         row["torch_eager_ms"] = eager_ms(name, dataset, runs)
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row

@@ -33,6 +33,7 @@ def claim(folder: Path) -> bool:
     except (OSError, ValueError):
         pass  # no claim, or its worker is gone
     marker.unlink(missing_ok=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(marker, "x") as f:
             f.write(str(os.getpid()))

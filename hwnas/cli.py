@@ -106,8 +106,9 @@ def _export(args: argparse.Namespace) -> dict[str, Any]:
     drop = 1.0 if args.max_accuracy_drop is None else args.max_accuracy_drop
 
     return export(args.arch, args.out, weights=args.weights, dataset=args.dataset, table=args.table,
-                  ort_format=args.ort, quantize=args.quantize, dynamic_batch=args.dynamic_batch, batch=args.batch,
-                  threads=args.threads, runs=args.runs, data_root=args.data_root, formats=args.format or (),
+                  quantize=args.quantize, dynamic_batch=args.dynamic_batch, batch=args.batch,
+                  threads=args.threads, runs=args.runs, data_root=args.data_root,
+                  formats=[*(args.format or ()), *(["ort"] if args.ort else [])],
                   max_accuracy_drop=drop / 100)
 
 
@@ -131,8 +132,6 @@ def _show_export(r: dict[str, Any]) -> None:
     if "predicted_ms" in lat:
         line += f", {lat['predicted_ms']:.3f} ms predicted by the table ({lat['error_pct']:+.1f}%){_host_note(lat)}"
     print(line)
-    if "ort" in r:
-        print(f"  mobile format: {r['ort']['path']}")
     for other in r.get("runtimes", {}).values():
         checks = ", ".join(f"{name} {c['max_abs_diff']:.2e}" for name, c in other["parity"].items())
         lat = other["latency"]
@@ -354,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size and classes of an untrained network (taken from --weights otherwise)")
     p.add_argument("--out", required=True, help="ONNX file to write (.ort and .int8.onnx go beside it)")
     p.add_argument("--table", help="latency table: print its prediction beside the measured latency")
-    p.add_argument("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort)")
+    p.add_argument("--ort", action="store_true", help="also write ONNX Runtime's mobile format (.ort): --format ort")
     p.add_argument("--format", nargs="+", choices=list(export_formats()),
                    help="files to write beside the .onnx (always written): ort (ONNX Runtime mobile), pte "
                         "(ExecuTorch XNNPACK), tflite (LiteRT); each checked against PyTorch and timed in its runtime")

@@ -164,6 +164,10 @@ class StageConfig(Strict):
 
 class RunExportConfig(Strict):
     ort: bool = Field(True, description="also write ONNX Runtime's mobile format")
+
+    def formats(self) -> list[str]:
+        """The export formats these settings add to the deployed runtime's."""
+        return ["ort"] if self.ort else []
     quantize: Literal["int8"] | None = None
     max_accuracy_drop: float = Field(1.0, ge=0.0, lt=100.0, allow_inf_nan=False,
                                      description="int8: the accuracy it may lose (points); the cheapest remedy within it is kept")

@@ -173,12 +173,12 @@ def test_export_of_a_trained_routed_network_with_mobile_format_and_table(trained
 
     out, _ = trained_routed
     report = export(None, tmp_path / "m.onnx", weights=str(out / "weights/last.pt"), table=TABLE_32,
-                    ort_format=True, dynamic_batch=True, runs=5)
+                    formats=["ort"], dynamic_batch=True, runs=5)
     model = onnx.load(str(tmp_path / "m.onnx"))
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
     assert not any(node.op_type == "BatchNormalization" for node in model.graph.node)  # BN folded
     assert report["trained"] and report["parity"]["real"]["top1_agreement"] == 1.0
-    assert (tmp_path / "m.ort").is_file() and report["ort"]["parity"]["top1_agreement"] == 1.0
+    assert (tmp_path / "m.ort").is_file() and report["runtimes"]["ort"]["parity"]["random"]["top1_agreement"] == 1.0
     lat = report["latency"]
     assert lat["predicted_ms"] == pytest.approx(sum(lat["breakdown_ms"].values()), rel=0.1)
     assert lat["threads"] == 1 and lat["estimator"] == "p10_ms"
@@ -204,7 +204,7 @@ def test_export_fails_and_leaves_nothing_when_outputs_disagree(tmp_path, monkeyp
     real = parity.torch_outputs
     monkeypatch.setattr(parity, "torch_outputs", lambda model, x: real(model, x) + 0.01)
     with pytest.raises(parity.ParityError, match="ONNX Runtime on random inputs disagrees with PyTorch"):
-        export_module.export("DARTS_V2", tmp_path / "m.onnx", dataset="digits", ort_format=True, runs=5)
+        export_module.export("DARTS_V2", tmp_path / "m.onnx", dataset="digits", formats=["ort"], runs=5)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -316,3 +316,23 @@ def test_killed_and_resumed_training_matches_uninterrupted(tmp_path):
     assert full["epoch"] == again["epoch"] == 3
     for name, value in full["state_dict"].items():
         assert torch.equal(value, again["state_dict"][name]), name
+
+
+def test_a_file_timed_again_keeps_the_quicker_timing_and_its_error():
+    import time as clock
+
+    from hwnas.export import timed_again
+
+    class Sleeper:  # a runtime whose file takes about 2 ms a call
+        def load(self, path, threads):
+            return self
+
+        def bound(self, x):
+            return lambda: clock.sleep(0.002)
+
+    settings = {"threads": 1, "warmup": 1, "runs": 5, "estimator": "p10_ms", "batch": 1}
+    slow = timed_again(Sleeper(), "f.onnx", {**settings, "measured_ms": 50.0, "predicted_ms": 2.0}, (1, 3, 8, 8))
+    assert slow["timings_ms"][0] == 50.0 and 2.0 <= slow["measured_ms"] == slow["timings_ms"][1] < 10.0
+    assert slow["error_pct"] == pytest.approx(100 * (2.0 / slow["measured_ms"] - 1))
+    quick = timed_again(Sleeper(), "f.onnx", {**settings, "measured_ms": 0.5}, (1, 3, 8, 8))
+    assert quick["measured_ms"] == 0.5 and quick["timings_ms"][1] >= 2.0 and "error_pct" not in quick

@@ -31,9 +31,10 @@ def file_runtime_names() -> list[str]:
 
 
 def export_formats() -> dict[str, str]:
-    """Export format -> the runtime that runs it: each file runtime's suffix, and ONNX Runtime's mobile form."""
+    """Export format -> the runtime that runs it: each file runtime's suffix, and the other forms of the
+    default runtime's file (converted from the file every export writes)."""
     formats = {r.suffix.lstrip("."): r.name for r in RUNTIMES.values() if isinstance(r, FileRuntime)}
-    return {**formats, OnnxRuntime.mobile_format: OnnxRuntime.name}
+    return {**formats, **{fmt: DEFAULT_RUNTIME for fmt in RUNTIMES[DEFAULT_RUNTIME].variants}}
 
 
 def get_runtime(name: str) -> Runtime:

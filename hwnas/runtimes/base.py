@@ -27,6 +27,7 @@ FLOAT32 = "float32"
 
 class Runtime(ABC):
     name: str  # as the user types it
+    title: str  # as a person writes it
     table_name: str  # as tables and kits record it
     precisions: tuple[str, ...] = (FLOAT32,)  # what its tables (kit files) can be measured at
     # what `hwnas export --quantize` and `hwnas run` can deploy with it: an int8 export also needs the
@@ -77,6 +78,8 @@ class FileRuntime(Runtime):
 
     suffix: str
     device: Any  # the runner's runtime object (profilers/runner.py describes it)
+    # other forms of this runtime's file it also runs, converted from that file (a mobile form): format -> suffix
+    variants: dict[str, str] = {}
 
     @abstractmethod
     def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
@@ -92,6 +95,11 @@ class FileRuntime(Runtime):
 
     def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
         """The int8 file, quantized as `hwnas export --quantize int8` quantizes (runtimes in `precisions`)."""
+        raise NotImplementedError
+
+    def save_variant(self, fmt: str, source: Path, out: Path) -> dict[str, Any]:
+        """Convert this runtime's file `source` into its form `fmt` (one of `variants`); what the
+        conversion found, for the export's report."""
         raise NotImplementedError
 
     def version(self) -> str:
@@ -137,6 +145,20 @@ class FileRuntime(Runtime):
                 return run_kit(self.device, kit_dir, results_csv, threads, warmup, runs, progress=update)
             except KitError as exc:
                 raise HwnasError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def python_output_silenced() -> Iterator[None]:
+    """Tools that print progress with Python's print and logging; the report says what matters."""
+    import io
+    import logging
+
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 @contextlib.contextmanager

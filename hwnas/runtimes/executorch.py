@@ -15,6 +15,7 @@ from profilers import executorch_runner
 
 class ExecuTorchRuntime(FileRuntime):
     name = "executorch"
+    title = "ExecuTorch"
     table_name = "executorch"
     suffix = ".pte"
     extra = "executorch"

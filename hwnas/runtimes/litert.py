@@ -15,6 +15,7 @@ from profilers import litert_runner
 
 class LiteRtRuntime(FileRuntime):
     name = "litert"
+    title = "LiteRT"
     table_name = "litert"
     suffix = ".tflite"
     extra = "litert"

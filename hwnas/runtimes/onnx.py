@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.runtimes.base import FLOAT32, FileRuntime
+from hwnas.errors import HwnasError
+from hwnas.runtimes.base import FLOAT32, FileRuntime, python_output_silenced
 from profilers import ort_runner
 
 OPSET = 17
@@ -29,9 +30,10 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, ...], path: Path, dyn
 
 class OnnxRuntime(FileRuntime):
     name = "ort"
+    title = "ONNX Runtime"
     table_name = "onnxruntime"
     suffix = ".onnx"
-    mobile_format = "ort"  # ONNX Runtime's mobile form of the .onnx, written beside it
+    variants = {"ort": ".ort"}  # ONNX Runtime's mobile form of the .onnx
     device = ort_runner.RUNTIME
     opset = OPSET
     precisions = (FLOAT32, "int8")
@@ -51,3 +53,32 @@ class OnnxRuntime(FileRuntime):
             export_onnx(module, input_shape, Path(tmp) / "float.onnx")
             prepare(Path(tmp) / "float.onnx", Path(tmp) / "prepared.onnx")
             quantize(Path(tmp) / "prepared.onnx", Path(path), calibration, LADDER[0])
+
+    def save_variant(self, fmt: str, source: Path, out: Path) -> dict:
+        """The mobile (.ort) file, after the mobile usability check (NNAPI / CoreML suitability)."""
+        import contextlib
+        import io
+        import logging
+
+        from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+        from onnxruntime.tools.mobile_helpers import usability_checker
+
+        messages = io.StringIO()
+        checker_log = logging.getLogger("hwnas.export.usability")
+        handler = logging.StreamHandler(messages)
+        checker_log.addHandler(handler)
+        checker_log.setLevel(logging.INFO)
+        checker_log.propagate = False
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                accelerators_may_help = usability_checker.analyze_model(source, logger=checker_log)
+        finally:
+            checker_log.removeHandler(handler)
+        verdicts = [line.strip() for line in messages.getvalue().splitlines() if "should perform well with" in line]
+        with tempfile.TemporaryDirectory() as tmp, python_output_silenced():
+            convert_onnx_models_to_ort(source, output_dir=Path(tmp), optimization_styles=[OptimizationStyle.Fixed])
+            converted = Path(tmp) / (source.stem + ".ort")
+            if not converted.is_file():
+                raise HwnasError(f"ONNX Runtime did not convert {source} to its mobile format")
+            converted.replace(out)
+        return {"nnapi_or_coreml_may_help": bool(accelerators_may_help), "usability": verdicts}

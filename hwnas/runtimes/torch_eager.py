@@ -20,6 +20,7 @@ from profilers import measure as timing
 
 class TorchEager(Runtime):
     name = "torch"
+    title = "PyTorch eager"
     table_name = "torch"
     opset = None
 

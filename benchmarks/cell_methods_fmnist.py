@@ -73,7 +73,8 @@ def main() -> None:
     runs = Path(args.runs)
     if args.only != "assemble":
         work(lambda: pending_units(args, runs))
-    assemble(runs, args)
+    if args.only != "work":  # the result is written when asked for, not by each worker as it stops
+        assemble(runs, args)
 
 
 def _stats(values: list[float]) -> dict:

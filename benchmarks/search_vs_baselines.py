@@ -269,6 +269,8 @@ def main() -> None:
         work(lambda: pending_units(plan, runs, args))
     if args.only in (None, "measure"):
         measure(plan, runs, args)
+    if args.only == "work":  # the result is written when asked for, not by each worker as it stops
+        return
     result = assemble(plan, runs, args)
     for entry in result["budgets"]:
         print(json.dumps({"budget_ms": entry["budget_ms"], **{f: {k: entry[f][k] for k in ("mean", "std", "n")}

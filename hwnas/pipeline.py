@@ -280,6 +280,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
         "arch": arch.to_dict(), "arch_text": trained["arch_text"], "budget_fit": fit["rounds"],
         "params": exported["params"], "macs": exported["macs"],
         "predicted_ms": latency["predicted_ms"], "measured_ms": latency["measured_ms"],
+        **({"timings_ms": latency["timings_ms"]} if "timings_ms" in latency else {}),
         "measured_vs_budget_pct": 100 * (latency["measured_ms"] / budget - 1),
         "within_budget_by_table": latency["predicted_ms"] <= budget,
         "budget": budget_verdict(latency["measured_ms"], budget),

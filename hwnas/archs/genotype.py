@@ -18,7 +18,7 @@ Pairs = tuple[tuple[str, int], ...]
 
 @dataclass(frozen=True)
 class Genotype:
-    kind: ClassVar[str] = "cell"  # hwnas/kinds.py
+    kind: ClassVar[str] = "cell"  # hwnas/kinds/cell.py
     normal: Pairs
     normal_concat: tuple[int, ...]
     reduce: Pairs | None

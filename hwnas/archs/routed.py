@@ -24,7 +24,7 @@ class RoutedBlock:
 
 @dataclass(frozen=True)
 class RoutedArch:
-    kind: ClassVar[str] = "routing"  # hwnas/kinds.py
+    kind: ClassVar[str] = "routing"  # hwnas/kinds/routing.py
     space: str
     blocks: tuple[RoutedBlock, ...]
 

@@ -36,7 +36,7 @@ from hwnas.latency.keys import at_precision, build_op, space_keys
 from hwnas.latency.networks import arch_keys, build_network, input_shape, sample_arch
 from hwnas.latency.table import DEFAULT_ESTIMATOR, STAT_COLUMNS, LatencyTable, fingerprint, make_table, save_table
 from hwnas.spaces.definition import CellSpace, RoutingSpace, parse_space
-from hwnas.runtimes import FileRuntime, Runtime, get_runtime
+from hwnas.runtimes import DEFAULT_RUNTIME, FileRuntime, Runtime, get_runtime
 from profilers import measure as timing
 from profilers.runner import KIT_FORMAT
 
@@ -56,7 +56,7 @@ def _fresh_dir(out: Path) -> None:
         raise HwnasError(f"{out} exists and is not empty; choose another --out or remove it")
 
 
-def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, runtime: Runtime | str = "ort",
+def build_kit(space: RoutingSpace | CellSpace, out: str | Path, batch: int = 1, runtime: Runtime | str = DEFAULT_RUNTIME,
               progress: Callable[[int, int], None] | None = None, dtype: str = "float32") -> dict[str, Any]:
     """Write one model per latency key of `space` in `runtime`'s format, at `dtype`, into `out` (written
     whole, then moved into place). The call-overhead model stays float: it times the call itself."""
@@ -312,7 +312,7 @@ def progress_bar(desc: str, quiet: bool):
     return bar, update
 
 
-def profile(space: RoutingSpace | CellSpace, out: str | Path, runtime: Runtime | str = "ort", name: str | None = None,
+def profile(space: RoutingSpace | CellSpace, out: str | Path, runtime: Runtime | str = DEFAULT_RUNTIME, name: str | None = None,
             threads: int = 1, batch: int = 1, warmup: int = 10, runs: int = 100, device: str = "cpu",
             quiet: bool = False, allow_busy: bool = False, dtype: str = "float32") -> dict[str, Any]:
     """Profile every key of `space` on this machine in `runtime`, at `dtype`, and write the table: kit and

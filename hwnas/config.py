@@ -18,7 +18,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
 
 from hwnas.errors import ConfigError
 from hwnas.limits import MAX_CELL_NODES, MAX_CHANNELS, MAX_DEPTH
-from hwnas.runtimes import DEFAULT_RUNTIME, file_runtime_names, get_runtime
+from hwnas.runtimes import DEFAULT_RUNTIME, export_formats, file_runtime_names, get_runtime
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,15 +163,28 @@ class StageConfig(Strict):
 
 
 class RunExportConfig(Strict):
-    ort: bool = Field(True, description="also write ONNX Runtime's mobile format")
-
-    def formats(self) -> list[str]:
-        """The export formats these settings add to the deployed runtime's."""
-        return ["ort"] if self.ort else []
+    formats: list[str] = Field(["ort"], description="files written beside the deployed runtime's (hwnas export "
+                                                    "--format), ONNX Runtime's mobile form by default")
     quantize: Literal["int8"] | None = None
     max_accuracy_drop: float = Field(1.0, ge=0.0, lt=100.0, allow_inf_nan=False,
                                      description="int8: the accuracy it may lose (points); the cheapest remedy within it is kept")
     dynamic_batch: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ort_became_a_format(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "ort" in data:
+            raise ValueError("`ort` is now one of the formats: `formats: [ort]` (or `[]` for none)")
+        return data
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: list[str]) -> list[str]:
+        known = export_formats()
+        unknown = [fmt for fmt in formats if fmt not in known]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; hwnas exports {', '.join(known)}")
+        return formats
 
     @model_validator(mode="after")
     def _drop_needs_int8(self) -> "RunExportConfig":

@@ -248,7 +248,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     onnx_path = run_dir / "model.onnx"
     exported_json = run_dir / "export.json"
     deployed_format = _file_format(config.runtime)
-    formats = [deployed_format, *config.export.formats()]
+    formats = [deployed_format, *config.export.formats]
     if exported_json.is_file():
         exported = read_json(exported_json, HwnasError, "export record")
     else:

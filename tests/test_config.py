@@ -99,3 +99,14 @@ def test_resolved_config_round_trips_with_method_options(recipe):
     dumped = config_to_dict(config)
     assert set(dumped["method"]) == set(type(config.method).model_fields)
     assert build_config(SearchConfig, dumped, "round trip") == config
+
+
+def test_the_run_exports_the_formats_it_names_and_no_unknown_one():
+    from hwnas.pipeline import load_run_config
+
+    assert load_run_config(None, []).export.formats == ["ort"]
+    assert load_run_config(None, ["export.formats=[pte,ort]"]).export.formats == ["pte", "ort"]
+    with pytest.raises(ConfigError, match="export.formats: unknown xyz; hwnas exports onnx, pte, tflite, ort"):
+        load_run_config(None, ["export.formats=[xyz]"])
+    with pytest.raises(ConfigError, match=r"`ort` is now one of the formats: `formats: \[ort\]`"):
+        load_run_config(None, ["export.ort=true"])

@@ -269,7 +269,7 @@ def main() -> None:
         work(lambda: pending_units(plan, runs, args))
     if args.only in (None, "measure"):
         measure(plan, runs, args)
-    if args.only == "work":  # the result is written when asked for, not by each worker as it stops
+    if args.only in ("work", "measure"):  # the result is written when asked for, not by each step
         return
     result = assemble(plan, runs, args)
     for entry in result["budgets"]:

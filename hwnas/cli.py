@@ -140,6 +140,11 @@ def _show_export(r: dict[str, Any]) -> None:
         if "predicted_ms" in lat:
             line += f", {lat['predicted_ms']:.3f} ms predicted ({lat['error_pct']:+.1f}%){_host_note(lat)}"
         print(line)
+        if "int8" in other:
+            q = other["int8"]
+            print(f"    int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} "
+                  f"test images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)"
+                  + ("" if q["within_drop"] else f"; more than {100 * q['max_accuracy_drop']:g} points lost"))
     if "int8" in r:
         q = r["int8"]
         print(f"  int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} test "

@@ -184,6 +184,8 @@ def export_files(out: Path, formats: Sequence[str] = (), quantize: str | None = 
         if fmt != BASE_FORMAT:
             runtime = format_runtime(fmt)
             files[fmt] = out.with_suffix(runtime.variants.get(fmt, runtime.suffix))
+            if quantize and quantize in runtime.deploy_precisions and runtime is not BASE:
+                files[f"{fmt}:{quantize}"] = out.with_suffix(f".{quantize}{runtime.suffix}")
     return files
 
 
@@ -269,8 +271,15 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
     at = {precision: own if own and own["dtype"] == precision else None for precision in ("float32", "int8")}
     report["latency"] = with_prediction({**settings, "batch": batch, **measured["fp32"]}, at["float32"])
     if others:
+        # the other runtimes that deploy int8 get an int8 file too, calibrated on the same real images
+        int8_data = None
+        if "int8" in files and any("int8" in r.deploy_precisions for r in others.values() if r is not BASE):
+            int8_data = {"calibration": real_images(net["dataset"], shape[1], shape[2], "train", CALIBRATION_IMAGES,
+                                                    data_root)[0][:256],
+                         "test": real_images(net["dataset"], shape[1], shape[2], "test", EVAL_IMAGES, data_root),
+                         "max_drop": max_accuracy_drop}
         report["runtimes"] = {fmt: other_format(fmt, runtime, files, model, shape, random_x, images, fixed, prediction,
-                                                threads, runs) for fmt, runtime in others.items()}
+                                                threads, runs, int8_data) for fmt, runtime in others.items()}
     if "int8" in files:
         report["int8"].update(measured_ms=measured["int8"]["measured_ms"],
                               speedup=measured["fp32"]["measured_ms"] / measured["int8"]["measured_ms"],
@@ -291,10 +300,12 @@ def file_parity(runtime, path: Path, model: nn.Module, random_x: np.ndarray, ima
 
 def other_format(fmt: str, runtime, files: dict[str, Path], model: nn.Module, shape: tuple[int, ...],
                  random_x: np.ndarray, images: np.ndarray | None, batch: int | None,
-                 prediction: dict[str, Any] | None, threads: int, runs: int) -> dict[str, Any]:
+                 prediction: dict[str, Any] | None, threads: int, runs: int,
+                 int8_data: dict[str, Any] | None = None) -> dict[str, Any]:
     """Another file: written (from the module, or converted from the base file when it is a form of it),
     checked against PyTorch as the base file is, and timed in its runtime (beside the table's prediction
-    when the table is that runtime's)."""
+    when the table is that runtime's). With `int8_data`, a runtime that deploys int8 also gets its int8
+    file, calibrated on real training images, with both files' test accuracy."""
     path = files[fmt]
     found = runtime.save_variant(fmt, files[BASE_FORMAT], path) if fmt in runtime.variants else {}
     if fmt not in runtime.variants:
@@ -303,10 +314,35 @@ def other_format(fmt: str, runtime, files: dict[str, Path], model: nn.Module, sh
     own = prediction if prediction and prediction["runtime"] == runtime.name and prediction["dtype"] == "float32" \
         else None
     settings = timing_settings(own, threads, runs)
-    measured = measure_latency(runtime, {"file": path}, shape, **settings)["file"]
-    return {"path": str(path), "runtime": runtime.name, "runtime_version": runtime.version(),
-            **runtime.describe(settings["threads"]), **found, "parity": checks,
-            "latency": with_prediction({**settings, "batch": shape[0], **measured}, own)}
+    row = {"path": str(path), "runtime": runtime.name, "runtime_version": runtime.version(),
+           **runtime.describe(settings["threads"]), **found, "parity": checks}
+    timed = {"fp32": path}
+    if int8_data is not None and "int8" in runtime.deploy_precisions and fmt not in runtime.variants:
+        timed["int8"] = files[f"{fmt}:int8"]
+        row["int8"] = runtime_int8(runtime, model, shape, path, timed["int8"], int8_data, threads)
+    measured = measure_latency(runtime, timed, shape, **settings)  # both files in the same rounds
+    if "int8" in timed:
+        int8_own = prediction if prediction and prediction["runtime"] == runtime.name and \
+            prediction["dtype"] == "int8" else None
+        row["int8"].update(measured_ms=measured["int8"]["measured_ms"],
+                           speedup=measured["fp32"]["measured_ms"] / measured["int8"]["measured_ms"],
+                           latency=with_prediction({**settings, "batch": shape[0], **measured["int8"]}, int8_own))
+    return {**row, "latency": with_prediction({**settings, "batch": shape[0], **measured["fp32"]}, own)}
+
+
+def runtime_int8(runtime, model: nn.Module, shape: tuple[int, ...], fp32: Path, int8: Path,
+                 int8_data: dict[str, Any], threads: int) -> dict[str, Any]:
+    """`runtime`'s own int8 file of `model`, calibrated on real training images, and both files' test
+    accuracy in that runtime (one scheme, so no remedies: the drop is reported against the limit)."""
+    runtime.save_quantized(model, shape, int8, int8_data["calibration"])
+    test_x, test_y = int8_data["test"]
+    usable = len(test_x) - len(test_x) % shape[0]
+    accuracy = {name: float((outputs_in_batches(runtime.load(path, threads).run, test_x[:usable], shape[0])
+                             .argmax(axis=1) == test_y[:usable]).mean()) for name, path in (("fp32", fp32), ("int8", int8))}
+    drop = accuracy["fp32"] - accuracy["int8"]
+    return {"path": str(int8), "remedy": runtime.int8_scheme, "test_images": usable, "fp32_acc": accuracy["fp32"],
+            "int8_acc": accuracy["int8"], "accuracy_drop": drop, "max_accuracy_drop": int8_data["max_drop"],
+            "within_drop": drop <= int8_data["max_drop"], "calibration_images": len(int8_data["calibration"])}
 
 
 def int8_accuracy(fp32: Path, int8: Path, net: dict[str, Any], shape: tuple[int, ...], fixed: int | None,

@@ -265,9 +265,10 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
     deployed = exported.get("runtimes", {}).get(deployed_format, exported)
     deployed_path = deployed.get("path", exported["onnx"])
     if config.export.quantize:
-        deployed = {"latency": exported["int8"]["latency"],
-                    "parity": {k: exported["int8"][k] for k in ("fp32_acc", "int8_acc", "accuracy_drop", "remedy")}}
-        deployed_path = exported["int8"]["path"]
+        quantized = deployed["int8"]
+        deployed = {"latency": quantized["latency"],
+                    "parity": {k: quantized[k] for k in ("fp32_acc", "int8_acc", "accuracy_drop", "remedy")}}
+        deployed_path = quantized["path"]
     latency = deployed["latency"]
     fit_ms = fit["rounds"][-1]["measured_ms"]
     if abs(latency["measured_ms"] / fit_ms - 1) > TIMINGS_DISAGREE:

@@ -133,7 +133,7 @@ def test_an_int8_run_needs_a_runtime_that_quantizes_and_a_drop_needs_int8():
 
     assert load_run_config(None, ["export.quantize=int8", "export.max_accuracy_drop=0.5"]).export.max_accuracy_drop == 0.5
     with pytest.raises(ConfigError, match="no int8 files"):
-        load_run_config(None, ["runtime=executorch", "export.quantize=int8"])
+        load_run_config(None, ["runtime=litert", "export.quantize=int8"])
     with pytest.raises(ConfigError, match="max_accuracy_drop applies to an int8 export"):
         load_run_config(None, ["export.max_accuracy_drop=2"])
 

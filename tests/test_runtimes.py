@@ -294,3 +294,18 @@ def test_benchmark_model_logs_from_a_phone_become_a_litert_table(tiny, tmp_path)
     (logs / litert_adb._log_name(first)).write_text("Segmentation fault\n")
     assert litert_adb.main([str(tmp_path / "kit"), "--out", str(tmp_path / "r2.csv"), "--from-logs", str(logs)]) == 2
     assert not (tmp_path / "r2.csv").exists()
+
+
+def test_an_int8_export_to_executorch_calibrates_measures_accuracy_and_times_both_files(tmp_path):
+    require("executorch")
+    from hwnas.export import export
+
+    report = export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", formats=["pte"], quantize="int8",
+                    runs=5)
+    q = report["runtimes"]["pte"]["int8"]
+    assert Path(q["path"]) == tmp_path / "m.int8.pte" and report["int8"]["path"] == str(tmp_path / "m.int8.onnx")
+    assert q["test_images"] == 360 and q["calibration_images"] == 256 and "XNNPACKQuantizer" in q["remedy"]
+    assert q["accuracy_drop"] == pytest.approx(q["fp32_acc"] - q["int8_acc"])
+    assert q["within_drop"] == (q["accuracy_drop"] <= q["max_accuracy_drop"] == 0.01)
+    assert q["speedup"] == pytest.approx(report["runtimes"]["pte"]["latency"]["measured_ms"] / q["measured_ms"])
+    assert (tmp_path / "m.int8.pte").stat().st_size < 0.6 * (tmp_path / "m.pte").stat().st_size

@@ -30,9 +30,10 @@ class Runtime(ABC):
     title: str  # as a person writes it
     table_name: str  # as tables and kits record it
     precisions: tuple[str, ...] = (FLOAT32,)  # what its tables (kit files) can be measured at
-    # what `hwnas export --quantize` and `hwnas run` can deploy with it: an int8 export also needs the
-    # accuracy remedies (hwnas/quantize.py), which only some runtimes have
+    # what `hwnas export --quantize` and `hwnas run` can deploy with it: an int8 export is calibrated on
+    # real images and its accuracy measured (ONNX Runtime's with the remedies of hwnas/quantize.py)
     deploy_precisions: tuple[str, ...] = (FLOAT32,)
+    int8_scheme: str | None = None  # how it quantizes, as the export reports it
     extra: str | None = None  # the pip extra that installs it, when not a core dependency
     # how its outputs may differ from PyTorch's: absolute, scaled by max(1, largest |output|)
     tolerance: float = 1e-4
@@ -93,8 +94,10 @@ class FileRuntime(Runtime):
         else:
             self.save_quantized(module, input_shape, path)
 
-    def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
-        """The int8 file, quantized as `hwnas export --quantize int8` quantizes (runtimes in `precisions`)."""
+    def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path,
+                       calibration: np.ndarray | None = None) -> None:
+        """The int8 file (runtimes whose `precisions` hold int8), its activation ranges from `calibration`
+        images, or from random inputs (a kit's micro-models: a kernel's speed does not depend on them)."""
         raise NotImplementedError
 
     def save_variant(self, fmt: str, source: Path, out: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,6 +23,8 @@ class ExecuTorchRuntime(FileRuntime):
     device = executorch_runner.RUNTIME
     opset = None
     precisions = (FLOAT32, "int8")
+    deploy_precisions = (FLOAT32, "int8")
+    int8_scheme = "XNNPACKQuantizer (PT2E): symmetric per-channel int8 weights, int8 activations"
 
     def save(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
         self.version()
@@ -30,9 +33,10 @@ class ExecuTorchRuntime(FileRuntime):
             program = torch.export.export(module.eval(), (torch.randn(*input_shape),))
         _write_lowered(program, path)
 
-    def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path) -> None:
+    def save_quantized(self, module: nn.Module, input_shape: tuple[int, ...], path: Path,
+                       calibration: np.ndarray | None = None) -> None:
         # XNNPACK's own int8 scheme (PT2E with XNNPACKQuantizer): symmetric per-channel int8 weights, int8
-        # activations; ranges from random inputs, which a kernel's speed does not depend on
+        # activations
         self.version()
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                              get_symmetric_quantization_config)
@@ -44,8 +48,14 @@ class ExecuTorchRuntime(FileRuntime):
         with warnings.catch_warnings(), torch.no_grad(), native_output_silenced():
             warnings.simplefilter("ignore")
             prepared = prepare_pt2e(torch.export.export(module.eval(), example).module(), quantizer)
-            for _ in range(16):
-                prepared(torch.randn(*input_shape, generator=generator))
+            if calibration is None:
+                batches = [torch.randn(*input_shape, generator=generator) for _ in range(16)]
+            else:
+                step = input_shape[0]
+                batches = [torch.from_numpy(calibration[i:i + step])
+                           for i in range(0, len(calibration) - len(calibration) % step, step)]
+            for batch in batches:
+                prepared(batch)
             program = torch.export.export(convert_pt2e(prepared), example)
         _write_lowered(program, path)
 

@@ -289,6 +289,8 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
         "runtime": config.runtime,
         "files": {"onnx": exported["onnx"],
                   **{fmt: other["path"] for fmt, other in exported.get("runtimes", {}).items()},
+                  **{f"{fmt}:int8": other["int8"]["path"] for fmt, other in exported.get("runtimes", {}).items()
+                     if "int8" in other},
                   **({"int8": exported["int8"]["path"]} if "int8" in exported else {}),
                   "weights": trained["weights"]["last"]},
         "parity": deployed["parity"],

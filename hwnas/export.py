@@ -262,7 +262,12 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
         if images is None:
             raise ExportError(f"--quantize int8 calibrates on real images, and {net['dataset']} is not available "
                               f"({checks['real']})")
-        report["int8"] = int8_accuracy(out, files["int8"], net, shape, fixed, threads, data_root, max_accuracy_drop)
+        from hwnas.quantize import SELECTION_IMAGES
+
+        # loaded once for every int8 file: ONNX Runtime's remedies and the other runtimes' calibration
+        int8_images = {split: real_images(net["dataset"], shape[1], shape[2], split, count, data_root)
+                       for split, count in (("train", CALIBRATION_IMAGES + SELECTION_IMAGES), ("test", EVAL_IMAGES))}
+        report["int8"] = int8_accuracy(out, files["int8"], int8_images, shape, fixed, threads, max_accuracy_drop)
         timed["int8"] = files["int8"]
     own = prediction if prediction and prediction["runtime"] == BASE.name else None
     settings = timing_settings(own, threads, runs)
@@ -274,9 +279,7 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
         # the other runtimes that deploy int8 get an int8 file too, calibrated on the same real images
         int8_data = None
         if "int8" in files and any("int8" in r.deploy_precisions for r in others.values() if r is not BASE):
-            int8_data = {"calibration": real_images(net["dataset"], shape[1], shape[2], "train", CALIBRATION_IMAGES,
-                                                    data_root)[0][:256],
-                         "test": real_images(net["dataset"], shape[1], shape[2], "test", EVAL_IMAGES, data_root),
+            int8_data = {"calibration": int8_images["train"][0][:256], "test": int8_images["test"],
                          "max_drop": max_accuracy_drop}
         report["runtimes"] = {fmt: other_format(fmt, runtime, files, model, shape, random_x, images, fixed, prediction,
                                                 threads, runs, int8_data) for fmt, runtime in others.items()}
@@ -345,24 +348,24 @@ def runtime_int8(runtime, model: nn.Module, shape: tuple[int, ...], fp32: Path, 
             "within_drop": drop <= int8_data["max_drop"], "calibration_images": len(int8_data["calibration"])}
 
 
-def int8_accuracy(fp32: Path, int8: Path, net: dict[str, Any], shape: tuple[int, ...], fixed: int | None,
-                  threads: int, data_root: str | None, max_drop: float) -> dict[str, Any]:
+def int8_accuracy(fp32: Path, int8: Path, images: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, ...],
+                  fixed: int | None, threads: int, max_drop: float) -> dict[str, Any]:
     """Quantize `fp32` into `int8` with the cheapest remedy within `max_drop` on held-out training images
-    (hwnas/quantize.py); test accuracy of both files with ONNX Runtime."""
+    (hwnas/quantize.py); test accuracy of both files with ONNX Runtime. `images`: real train and test
+    images and labels."""
     from hwnas.quantize import SELECTION_IMAGES, int8_with_remedies
 
     def run(path: Path, x: np.ndarray) -> np.ndarray:
         return outputs_in_batches(BASE.load(path, threads).run, x, fixed)
 
-    train_x, train_y = real_images(net["dataset"], shape[1], shape[2], "train", CALIBRATION_IMAGES + SELECTION_IMAGES,
-                                   data_root)
+    train_x, train_y = images["train"]
     held_out = min(SELECTION_IMAGES, len(train_x) // 3)
     held_out -= held_out % shape[0]
     calibration = train_x[:len(train_x) - held_out]
     with python_output_silenced():
         remedies = int8_with_remedies(fp32, int8, calibration,
                                       (train_x[len(calibration):], train_y[len(calibration):]), run, max_drop)
-    test_x, test_y = real_images(net["dataset"], shape[1], shape[2], "test", EVAL_IMAGES, data_root)
+    test_x, test_y = images["test"]
     usable = len(test_x) - len(test_x) % shape[0]
     accuracy = {name: float((run(path, test_x[:usable]).argmax(axis=1) == test_y[:usable]).mean())
                 for name, path in (("fp32", fp32), ("int8", int8))}

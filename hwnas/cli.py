@@ -101,15 +101,16 @@ def _show_train(result: dict[str, Any]) -> None:
 def _export(args: argparse.Namespace) -> dict[str, Any]:
     from hwnas.export import export
 
-    if args.max_accuracy_drop is not None and not args.quantize:
-        raise HwnasError("--max-accuracy-drop applies to an int8 export: add --quantize int8")
+    for flag, value in (("--max-accuracy-drop", args.max_accuracy_drop), ("--qat-epochs", args.qat_epochs)):
+        if value is not None and not args.quantize:
+            raise HwnasError(f"{flag} applies to an int8 export: add --quantize int8")
     drop = 1.0 if args.max_accuracy_drop is None else args.max_accuracy_drop
 
     return export(args.arch, args.out, weights=args.weights, dataset=args.dataset, table=args.table,
                   quantize=args.quantize, dynamic_batch=args.dynamic_batch, batch=args.batch,
                   threads=args.threads, runs=args.runs, data_root=args.data_root,
                   formats=[*(args.format or ()), *(["ort"] if args.ort else [])],
-                  max_accuracy_drop=drop / 100)
+                  max_accuracy_drop=drop / 100, qat_epochs=2 if args.qat_epochs is None else args.qat_epochs)
 
 
 def _host_note(latency: dict[str, Any]) -> str:
@@ -151,7 +152,8 @@ def _show_export(r: dict[str, Any]) -> None:
               f"images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)")
         for t in q["tried"]:
             print(f"    {t['remedy']:<16} held-out drop {100 * t['selection_drop']:+.2f} points"
-                  + (f", {len(t['float_layers'])} layer(s) in float" if t["float_layers"] else ""))
+                  + (f", {len(t['float_layers'])} layer(s) in float" if t["float_layers"] else "")
+                  + (f", {t['epochs']} epoch(s) on {t['training_images']} images" if "epochs" in t else ""))
         print(f"    kept: {q['remedy']}" + ("" if q["met_on_selection"] else
                                              f" (none within {100 * q['max_accuracy_drop']:g} points)"))
 
@@ -365,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=["int8"], help="also write a statically quantized model (ONNX Runtime QDQ)")
     p.add_argument("--max-accuracy-drop", type=float, metavar="POINTS",
                    help="int8: the accuracy it may lose, in points; the cheapest remedy within it is kept (default 1)")
+    p.add_argument("--qat-epochs", type=int, metavar="N",
+                   help="int8: epochs of quantization-aware fine-tuning, the remedy tried when post-training "
+                        "quantization loses more (default 2; 0: not tried)")
     p.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis (default: fixed --batch)")
     p.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     p.add_argument("--threads", type=_count(MAX_THREADS), default=1, help="ORT threads for timing (a --table's own otherwise)")

@@ -168,6 +168,8 @@ class RunExportConfig(Strict):
     quantize: Literal["int8"] | None = None
     max_accuracy_drop: float = Field(1.0, ge=0.0, lt=100.0, allow_inf_nan=False,
                                      description="int8: the accuracy it may lose (points); the cheapest remedy within it is kept")
+    qat_epochs: int = Field(2, ge=0, le=100, description="int8: epochs of quantization-aware fine-tuning, the remedy "
+                                                        "after post-training quantization (0: not tried)")
     dynamic_batch: bool = False
 
     @model_validator(mode="before")
@@ -188,8 +190,9 @@ class RunExportConfig(Strict):
 
     @model_validator(mode="after")
     def _drop_needs_int8(self) -> "RunExportConfig":
-        if "max_accuracy_drop" in self.model_fields_set and self.quantize is None:
-            raise ValueError("export.max_accuracy_drop applies to an int8 export: set export.quantize: int8 too")
+        for key in ("max_accuracy_drop", "qat_epochs"):
+            if key in self.model_fields_set and self.quantize is None:
+                raise ValueError(f"export.{key} applies to an int8 export: set export.quantize: int8 too")
         return self
 
 

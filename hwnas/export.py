@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -192,15 +192,19 @@ def export_files(out: Path, formats: Sequence[str] = (), quantize: str | None = 
 def export(arch: str | None, out: str | Path, weights: str | None = None, dataset: str | None = None,
            table: str | None = None, quantize: str | None = None,
            dynamic_batch: bool = False, batch: int = 1, threads: int = 1, runs: int = 300,
-           data_root: str | None = None, formats: Sequence[str] = (), max_accuracy_drop: float = 0.01) -> dict[str, Any]:
+           data_root: str | None = None, formats: Sequence[str] = (), max_accuracy_drop: float = 0.01,
+           qat_epochs: int = 2) -> dict[str, Any]:
     """Export, check and measure; returns the report. On any failure the files it made are removed.
     The base runtime's file (`.onnx`) is always written; `formats` adds other files beside it (`ort`, `pte`,
-    `tflite`). With `quantize`, the int8 file is the cheapest remedy within `max_accuracy_drop` (a fraction)."""
+    `tflite`). With `quantize`, the int8 file is the cheapest remedy within `max_accuracy_drop` (a fraction);
+    `qat_epochs` of quantization-aware fine-tuning is one of them (0: not tried)."""
     out = Path(out)
     if out.suffix != BASE.suffix:
         raise HwnasError(f"--out {out}: expected a file name ending in {BASE.suffix}")
     if batch < 1 or threads < 1 or runs < 1:
         raise HwnasError(f"--batch, --threads and --runs must be at least 1 (got {batch}, {threads}, {runs})")
+    if qat_epochs < 0:
+        raise HwnasError(f"--qat-epochs must be 0 (no fine-tuning) or more (got {qat_epochs})")
     if not 0.0 <= max_accuracy_drop < 1.0:
         raise HwnasError(f"--max-accuracy-drop must lie in [0, 100) points (got {100 * max_accuracy_drop:g})")
     if quantize and quantize not in BASE.deploy_precisions:
@@ -225,7 +229,7 @@ def export(arch: str | None, out: str | Path, weights: str | None = None, datase
         _writable(path)
     try:
         return _export(net, (batch, net["channels"], net["size"], net["size"]), files, others, prediction,
-                       dynamic_batch, threads, runs, data_root, max_accuracy_drop)
+                       dynamic_batch, threads, runs, data_root, max_accuracy_drop, qat_epochs)
     except BaseException:
         for path in files.values():  # nothing half-made is left behind
             path.unlink(missing_ok=True)
@@ -234,7 +238,7 @@ def export(arch: str | None, out: str | Path, weights: str | None = None, datase
 
 def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[str, Path],
             others: dict[str, Any], prediction: dict[str, Any] | None, dynamic_batch: bool, threads: int, runs: int,
-            data_root: str | None, max_accuracy_drop: float) -> dict[str, Any]:
+            data_root: str | None, max_accuracy_drop: float, qat_epochs: int) -> dict[str, Any]:
     model, architecture, out = net["model"].eval(), net["arch"], files[BASE_FORMAT]
     batch = shape[0]
     export_onnx(model, shape, out, dynamic_batch=dynamic_batch)
@@ -267,7 +271,13 @@ def _export(net: dict[str, Any], shape: tuple[int, int, int, int], files: dict[s
         # loaded once for every int8 file: ONNX Runtime's remedies and the other runtimes' calibration
         int8_images = {split: real_images(net["dataset"], shape[1], shape[2], split, count, data_root)
                        for split, count in (("train", CALIBRATION_IMAGES + SELECTION_IMAGES), ("test", EVAL_IMAGES))}
-        report["int8"] = int8_accuracy(out, files["int8"], int8_images, shape, fixed, threads, max_accuracy_drop)
+        fine_tune = None
+        if qat_epochs:
+            from hwnas.qat import fine_tuned_onnx
+
+            fine_tune = lambda path: fine_tuned_onnx(net, shape, path, qat_epochs, data_root, dynamic_batch)  # noqa: E731
+        report["int8"] = int8_accuracy(out, files["int8"], int8_images, shape, fixed, threads, max_accuracy_drop,
+                                       fine_tune)
         timed["int8"] = files["int8"]
     own = prediction if prediction and prediction["runtime"] == BASE.name else None
     settings = timing_settings(own, threads, runs)
@@ -349,10 +359,11 @@ def runtime_int8(runtime, model: nn.Module, shape: tuple[int, ...], fp32: Path, 
 
 
 def int8_accuracy(fp32: Path, int8: Path, images: dict[str, tuple[np.ndarray, np.ndarray]], shape: tuple[int, ...],
-                  fixed: int | None, threads: int, max_drop: float) -> dict[str, Any]:
+                  fixed: int | None, threads: int, max_drop: float,
+                  fine_tune: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Quantize `fp32` into `int8` with the cheapest remedy within `max_drop` on held-out training images
-    (hwnas/quantize.py); test accuracy of both files with ONNX Runtime. `images`: real train and test
-    images and labels."""
+    (hwnas/quantize.py; `fine_tune` its quantization-aware rung); test accuracy of both files with ONNX
+    Runtime. `images`: real train and test images and labels."""
     from hwnas.quantize import SELECTION_IMAGES, int8_with_remedies
 
     def run(path: Path, x: np.ndarray) -> np.ndarray:
@@ -364,7 +375,8 @@ def int8_accuracy(fp32: Path, int8: Path, images: dict[str, tuple[np.ndarray, np
     calibration = train_x[:len(train_x) - held_out]
     with python_output_silenced():
         remedies = int8_with_remedies(fp32, int8, calibration,
-                                      (train_x[len(calibration):], train_y[len(calibration):]), run, max_drop)
+                                      (train_x[len(calibration):], train_y[len(calibration):]), run, max_drop,
+                                      fine_tune)
     test_x, test_y = images["test"]
     usable = len(test_x) - len(test_x) % shape[0]
     accuracy = {name: float((run(path, test_x[:usable]).argmax(axis=1) == test_y[:usable]).mean())

@@ -256,7 +256,7 @@ def _run_stages(config: RunConfig, search_config: SearchConfig, run_dir: Path, q
             stale.unlink(missing_ok=True)  # left by a run killed while exporting
         exported = export(None, onnx_path, weights=trained["weights"]["last"],
                           table=fit.get("table", table["table"]), quantize=config.export.quantize,
-                          max_accuracy_drop=config.export.max_accuracy_drop / 100,
+                          max_accuracy_drop=config.export.max_accuracy_drop / 100, qat_epochs=config.export.qat_epochs,
                           dynamic_batch=config.export.dynamic_batch, formats=formats)
         write_json(exported_json, exported)
     seconds["export"] = time.perf_counter() - clock

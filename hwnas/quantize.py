@@ -8,8 +8,12 @@ The ladder (each remedy keeps what the ones before it changed):
    int16 pairs, which saturate with full-range weights; one bit fewer cannot saturate.
 3. `percentile`: activation ranges that clip the 0.01% outliers, from 1024 images; min-max lets one
    extreme activation stretch a tensor's scale and waste its 256 levels.
-4. `float-sensitive`: the layers whose quantization alone moves the logits most stay in float, the
+4. `qat`: quantization-aware fine-tuning (hwnas/qat.py), a few epochs of training with fake int8 in
+   the scheme of 1, then 1 on the fine-tuned weights; the whole network stays int8.
+5. `float-sensitive`: the layers whose quantization alone moves the logits most stay in float, the
    fewest (1, 2, 4, ...) that bring the drop within the limit.
+Fine-tuning comes before float layers because a float layer costs the deployed network its speed on
+every call, where fine-tuning costs the export a few minutes once.
 The drop is judged on held-out training images (never the test images the report gives), so choosing
 a remedy does not tune on the test set.
 """
@@ -98,10 +102,12 @@ def layer_sensitivity(prepared: Path, calibration: np.ndarray, remedy: Remedy, o
 
 
 def int8_with_remedies(onnx_path: Path, out: Path, calibration: np.ndarray, selection: tuple[np.ndarray, np.ndarray],
-                       run: Callable[[Path, np.ndarray], np.ndarray], max_drop: float) -> dict[str, Any]:
+                       run: Callable[[Path, np.ndarray], np.ndarray], max_drop: float,
+                       fine_tune: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Quantize `onnx_path` into `out` with the cheapest remedy whose accuracy on `selection` lies within
     `max_drop` (a fraction) of the float network's; the one that lost least when none does. Returns what each
-    remedy gave and which was kept. `run(path, x)` gives a model file's logits."""
+    remedy gave and which was kept. `run(path, x)` gives a model file's logits; `fine_tune(path)`, when
+    given, writes the network fine-tuned for int8 as a float ONNX file and returns its figures."""
     x, y = selection
     accuracy = lambda logits: float((logits.argmax(axis=1) == y).mean())  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,26 +118,39 @@ def int8_with_remedies(onnx_path: Path, out: Path, calibration: np.ndarray, sele
         float_acc = accuracy(reference)
         tried: list[dict[str, Any]] = []
 
-        def attempt(remedy: Remedy) -> bool:
+        def attempt(name: str, make: Callable[[Path], dict[str, Any]]) -> bool:
             started = time.perf_counter()
             path = work / f"{len(tried)}.onnx"
-            quantize(prepared, path, calibration, remedy)
+            row = make(path)
             acc = accuracy(run(path, x))
-            tried.append({"remedy": remedy.name, "reduce_range": remedy.reduce_range, "calibrate": remedy.calibrate,
-                          "calibration_images": min(remedy.calibration_images, len(calibration)),
-                          "float_layers": list(remedy.keep_float), "selection_acc": acc,
-                          "selection_drop": float_acc - acc, "seconds": round(time.perf_counter() - started, 1),
-                          "file": path})
+            tried.append({"remedy": name, **row, "selection_acc": acc, "selection_drop": float_acc - acc,
+                          "seconds": round(time.perf_counter() - started, 1), "file": path})
             return float_acc - acc <= max_drop
 
-        met = any(attempt(remedy) for remedy in LADDER)
+        def post_training(remedy: Remedy) -> Callable[..., dict[str, Any]]:
+            def make(path: Path, source: Path = prepared) -> dict[str, Any]:
+                quantize(source, path, calibration, remedy)
+                return {"reduce_range": remedy.reduce_range, "calibrate": remedy.calibrate,
+                        "calibration_images": min(remedy.calibration_images, len(calibration)),
+                        "float_layers": list(remedy.keep_float)}
+            return make
+
+        met = any(attempt(remedy.name, post_training(remedy)) for remedy in LADDER)
+        if not met and fine_tune is not None:
+            def fine_tuned(path: Path) -> dict[str, Any]:
+                tuned, tuned_prepared = work / "fine_tuned.onnx", work / "fine_tuned_prepared.onnx"
+                row = fine_tune(tuned)
+                prepare(tuned, tuned_prepared)
+                return {**row, **post_training(LADDER[0])(path, tuned_prepared)}
+
+            met = attempt("qat", fine_tuned)
         if not met:
             base = LADDER[-1]
             ranked = layer_sensitivity(prepared, calibration, base, lambda p: run(p, x), reference, work)
             count = 1
             while not met and count <= len(ranked):
                 kept = tuple(node for node, _ in ranked[:count])
-                met = attempt(replace(base, name="float-sensitive", keep_float=kept))
+                met = attempt("float-sensitive", post_training(replace(base, keep_float=kept)))
                 count *= 2
         chosen = next((t for t in tried if t["selection_drop"] <= max_drop), None) or min(
             tried, key=lambda t: t["selection_drop"])

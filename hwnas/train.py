@@ -138,9 +138,11 @@ def arch_text(arch) -> str:
 
 
 class Trainer:
-    """The final training on the shared engine: SGD on the whole training share, one evaluation per epoch."""
+    """The final training on the shared engine: SGD on the whole training share, one evaluation per epoch.
+    `model` replaces the network `arch` builds (quantization-aware fine-tuning trains a prepared one)."""
 
-    def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False, dataset: Dataset | None = None):
+    def __init__(self, config: TrainConfig, arch, run: RunDir, quiet: bool = False, dataset: Dataset | None = None,
+                 model: nn.Module | None = None):
         self.config, self.arch, self.run = config, arch, run
         recipe = config.train
         self.engine = Engine(run, config.device, recipe.channels_last, quiet)
@@ -154,7 +156,9 @@ class Trainer:
             self.train_idx = subset_indices(n, config.data.train_subset).sort().values
             self.eval_source, self.eval_idx, self.eval_name = self.dataset.test, None, "test"
         torch.manual_seed(seed_of(config.seed, "train", "init"))
-        self.model = build_model(arch, config.model, self.dataset.num_classes, self.dataset.channels)
+        if model is None:
+            model = build_model(arch, config.model, self.dataset.num_classes, self.dataset.channels)
+        self.model = model
         self.model.to(self.device, memory_format=self.engine.memory_format)
         if recipe.sync_bn:
             self.model = distributed.use_global_batch_norm(self.model)

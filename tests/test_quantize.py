@@ -71,6 +71,28 @@ def test_when_nothing_meets_the_drop_every_remedy_is_tried_in_order(tmp_path, im
     assert result["tried"][1]["reduce_range"] and result["tried"][2]["calibrate"] == "Percentile"
 
 
+def test_fine_tuning_comes_after_post_training_quantization_and_before_float_layers(tmp_path, images):
+    net = _net(fragile=True)
+    export_onnx(net, (1, 1, 8, 8), tmp_path / "m.onnx")
+    labels = _run(tmp_path / "m.onnx", images).argmax(axis=1)
+    calls = []
+
+    def fine_tune(path):  # no epochs: the network as it was, so the remedy is `per-channel` again
+        export_onnx(net, (1, 1, 8, 8), path)
+        calls.append(path)
+        return {"epochs": 0, "training_images": 0}
+
+    result = int8_with_remedies(tmp_path / "m.onnx", tmp_path / "m.int8.onnx", images[:64], (images[64:], labels[64:]),
+                                _run, max_drop=-1.0, fine_tune=fine_tune)
+    names = [t["remedy"] for t in result["tried"]]
+    assert names == [r.name for r in LADDER] + ["qat", "float-sensitive", "float-sensitive"] and len(calls) == 1
+    qat = result["tried"][3]
+    assert qat["epochs"] == 0 and qat["float_layers"] == [] and not qat["reduce_range"]
+    assert qat["calibrate"] == "MinMax" and qat["calibration_images"] == 64
+    # the fine-tuned weights go through the per-channel quantizer: unchanged weights give its accuracy
+    assert qat["selection_acc"] == result["tried"][0]["selection_acc"]
+
+
 def test_keeping_the_fragile_layer_in_float_recovers_the_float_outputs(tmp_path, images):
     from hwnas.quantize import quantize
 

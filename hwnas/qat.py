@@ -1,0 +1,110 @@
+"""Quantization-aware fine-tuning (QAT) for ONNX Runtime: the int8 remedy for a network that post-training
+quantization leaves more than the allowed accuracy drop away from float.
+
+The trained network's batch norms are folded into its convolutions first (as ONNX Runtime folds them
+before it quantizes), then torch.ao's FX QAT flow puts fake quantization where ONNX Runtime's static
+quantization puts real quantization, on ONNX Runtime's grid: int8 weights symmetric per output channel
+over [-127, 127] with the scale of the weights' current extremes, and uint8 activations with min-max
+ranges. A few epochs of the shared training loop at a low learning rate let the weights settle where
+int8 rounding costs the least. The fine-tuned weights then go back to ONNX Runtime's own quantizer (the
+`per-channel` remedy of hwnas/quantize.py): it rounds them to the grid they were trained on, and it
+places the quantize/dequantize pairs where its int8 kernels want them. (The fake-quantized graph
+exported as it is runs too, but with a pair after every activation it was slower than float.)
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwnas.config import AugmentConfig, DataConfig, ModelConfig, SGDConfig, TrainConfig, TrainLoopConfig
+
+log = logging.getLogger("hwnas")
+
+QAT_IMAGES = 8000  # training images the fine-tuning sees per epoch, at most
+QAT_LR = 0.002  # a tenth or less of the recipes' rates: the weights move within their rounding steps
+
+
+def _qconfig():
+    from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver,
+                                       MovingAveragePerChannelMinMaxObserver, QConfig)
+
+    activations = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
+                                         dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    # averaging_constant 1: the scale of the weights as they are now, as the runtime's quantizer will take it
+    weights = FakeQuantize.with_args(observer=MovingAveragePerChannelMinMaxObserver, averaging_constant=1.0,
+                                     quant_min=-127, quant_max=127, dtype=torch.qint8,
+                                     qscheme=torch.per_channel_symmetric, ch_axis=0)
+    return QConfig(activation=activations, weight=weights)
+
+
+def prepared_for_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """`model` with its batch norms folded and fake quantization in ONNX Runtime's int8 scheme, in
+    training mode; `model` itself is not changed."""
+    from torch.ao.quantization import QConfigMapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+    from torch.fx.experimental.optimization import fuse
+
+    folded = fuse(copy.deepcopy(model).eval())  # traced in eval mode: no auxiliary head, no drop path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's notice that FX quantization moves to torchao
+        return prepare_qat_fx(folded.train(), QConfigMapping().set_global(_qconfig()), (example,))
+
+
+def save_float_onnx(prepared: nn.Module, input_shape: tuple[int, ...], path: Path, dynamic_batch: bool = False) -> None:
+    """The fine-tuned network's float weights as an ONNX file, its fake quantization taken out, for the
+    runtime's quantizer."""
+    from torch.ao.quantization import disable_fake_quant, disable_observer
+
+    from hwnas.runtimes.onnx import export_onnx
+
+    prepared.eval()
+    prepared.apply(disable_observer)
+    prepared.apply(disable_fake_quant)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_onnx(prepared, input_shape, path, dynamic_batch=dynamic_batch)
+
+
+def fine_tune_config(dataset: str, image_size: int, gray_as_rgb: bool, model: ModelConfig, epochs: int,
+                     data_root: str | None) -> TrainConfig:
+    """The fine-tuning recipe: a few epochs of SGD at a low, cosine-decaying rate, no augmentation (the
+    network has been trained; only int8 is new to it), a tenth of the images held out."""
+    return TrainConfig(
+        seed=0, device="cpu",
+        data=DataConfig(dataset=dataset, root=data_root, image_size=image_size, channels=3 if gray_as_rgb else None,
+                        train_subset=QAT_IMAGES, augment=AugmentConfig()),
+        model=model,
+        train=TrainLoopConfig(epochs=epochs, batch_size=64, optimizer=SGDConfig(lr=QAT_LR, lr_min=0.0, momentum=0.9,
+                                                                                weight_decay=0.0),
+                              schedule="cosine", grad_clip=None, auxiliary_weight=0.0, drop_path_prob=0.0,
+                              valid_portion=0.1))
+
+
+def fine_tuned_onnx(net: dict[str, Any], input_shape: tuple[int, ...], path: Path, epochs: int,
+                    data_root: str | None, dynamic_batch: bool = False) -> dict[str, Any]:
+    """Fine-tune `net` (resolve_network's dict) with fake int8 for `epochs` on its training images, and write
+    its float weights as the ONNX file `path`. Returns the fine-tuning's figures."""
+    from hwnas.runs import RunDir
+    from hwnas.train import Trainer
+
+    from hwnas.export import DATASET_SHAPES
+
+    gray_as_rgb = DATASET_SHAPES[net["dataset"]][1] == 1 and net["channels"] == 3
+    config = fine_tune_config(net["dataset"], net["size"], gray_as_rgb, net["model_cfg"], epochs, data_root)
+    prepared = prepared_for_qat(net["model"], torch.randn(2, *input_shape[1:]))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = RunDir.prepare(Path(tmp) / "qat", {"qat_epochs": epochs}, resume=False)
+        trainer = Trainer(config, net["arch"], run, quiet=True, model=prepared)
+        trainer.fit()
+    save_float_onnx(trainer.model, input_shape, path, dynamic_batch)
+    last = trainer.history[-1]
+    return {"epochs": epochs, "training_images": len(trainer.train_idx), "learning_rate": QAT_LR,
+            "valid_acc": last["valid_acc"], "train_seconds": round(sum(r["seconds"] for r in trainer.history), 1)}

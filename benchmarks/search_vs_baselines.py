@@ -35,7 +35,7 @@ from pathlib import Path
 from hwnas.baselines import hand_designed, hand_designed_family, layers, random_routed_archs
 from hwnas.config import TrainConfig, load_config, resolve_path
 from hwnas.methods import SearchConfig
-from hwnas.latency.check import time_networks
+from hwnas.latency.check import same_host, time_networks
 from hwnas.latency.cost import RoutingCost
 from hwnas.latency.networks import build_network
 from hwnas.latency.table import load_table
@@ -43,7 +43,7 @@ from hwnas.archs.routed import RoutedArch
 from hwnas.search import search
 from hwnas.spaces.definition import load_space
 from hwnas.train import train
-from profilers.measure import cpu_model
+from profilers.measure import cpu_model, host_identity
 from units import report, started, work
 
 FAMILIES = ("searched", "random", "hand_designed")
@@ -147,13 +147,18 @@ def measure(plan: dict, runs: Path, args: argparse.Namespace) -> None:
     space = load_space(plan["space"])
     path = runs / "latency.json"
     earlier = json.loads(path.read_text()) if path.is_file() else {}
-    # rounds add up only on the same machine: another CPU starts the measurement afresh
-    rounds: dict[str, list[float]] = earlier["rounds"] if earlier.get("cpu_model") == cpu_model() else {}
+    # rounds add up only on the same host (its instruction-set fingerprint: hosts that share a CPU model
+    # string ran these networks 2x apart); another host starts the measurement afresh
+    host = host_identity()["cpu_flags"]
+    rounds: dict[str, list[float]] = earlier["rounds"] if earlier.get("host_fingerprint") == host else {}
+    table_here, table_differs = same_host(table)
     models = {network_id(n): build_network(space, RoutedArch.from_dict(n["arch"])) for n in networks(plan, runs, args)}
     for _ in range(args.rounds):
         for name, ms in time_networks(models, space, table, 100).items():
             rounds.setdefault(name, []).append(round(ms, 5))
-    path.write_text(json.dumps({"cpu_model": cpu_model(), "table_cpu_model": table.meta.get("device", {}).get("cpu_model"),
+    path.write_text(json.dumps({"cpu_model": cpu_model(), "host_fingerprint": host,
+                                "table_cpu_model": table.meta.get("device", {}).get("cpu_model"),
+                                "table_same_host": table_here, "table_differs": table_differs,
                                 "load_average_1min_before": round(load, 2),
                                 "load_average_1min_after": round(os.getloadavg()[0], 2),
                                 "date": time.strftime("%Y-%m-%d %H:%M"), "rounds": rounds}, indent=2) + "\n")

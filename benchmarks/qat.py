@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from hwnas.export import BASE, EVAL_IMAGES, measure_latency, outputs_in_batches, real_images, resolve_network
-from hwnas.qat import fine_tuned_onnx
+from hwnas.qat import fine_tuned
 from hwnas.quantize import LADDER, prepare, quantize
 from hwnas.runtimes.onnx import export_onnx
 
@@ -41,7 +41,8 @@ def one(weights: str, epochs: int, runs: int) -> dict:
         prepare(files["fp32"], work / "prepared.onnx")
         quantize(work / "prepared.onnx", files["per-channel"], calibration, LADDER[0])
         started = time.perf_counter()
-        fine_tuning = fine_tuned_onnx(net, shape, work / "tuned.onnx", epochs, None)
+        network, fine_tuning = fine_tuned(net, shape, epochs, None)
+        export_onnx(network, shape, work / "tuned.onnx")
         prepare(work / "tuned.onnx", work / "tuned_prepared.onnx")
         quantize(work / "tuned_prepared.onnx", files["qat"], calibration, LADDER[0])
         fine_tuning["seconds"] = round(time.perf_counter() - started, 1)

@@ -143,8 +143,8 @@ def _show_export(r: dict[str, Any]) -> None:
         print(line)
         if "int8" in other:
             q = other["int8"]
-            print(f"    int8: {q['path']}: accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on {q['test_images']} "
-                  f"test images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)"
+            print(f"    int8: {q['path']} ({q['remedy']}): accuracy {q['fp32_acc']:.2%} -> {q['int8_acc']:.2%} on "
+                  f"{q['test_images']} test images, {q['measured_ms']:.3f} ms ({q['speedup']:.2f}x)"
                   + ("" if q["within_drop"] else f"; more than {100 * q['max_accuracy_drop']:g} points lost"))
     if "int8" in r:
         q = r["int8"]

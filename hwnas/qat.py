@@ -45,32 +45,31 @@ def _qconfig():
     return QConfig(activation=activations, weight=weights)
 
 
-def prepared_for_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
-    """`model` with its batch norms folded and fake quantization in ONNX Runtime's int8 scheme, in
-    training mode; `model` itself is not changed."""
-    from torch.ao.quantization import QConfigMapping
-    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+def folded(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its batch norms folded into its convolutions, traced in eval mode (so no
+    auxiliary head and no drop path); `model` itself is not changed."""
     from torch.fx.experimental.optimization import fuse
 
-    folded = fuse(copy.deepcopy(model).eval())  # traced in eval mode: no auxiliary head, no drop path
+    return fuse(copy.deepcopy(model).eval())
+
+
+def prepared_for_qat(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """`folded(model)` with fake quantization in ONNX Runtime's int8 scheme, in training mode."""
+    from torch.ao.quantization import QConfigMapping
+    from torch.ao.quantization.quantize_fx import prepare_qat_fx
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's notice that FX quantization moves to torchao
-        return prepare_qat_fx(folded.train(), QConfigMapping().set_global(_qconfig()), (example,))
+        return prepare_qat_fx(folded(model).train(), QConfigMapping().set_global(_qconfig()), (example,))
 
 
-def save_float_onnx(prepared: nn.Module, input_shape: tuple[int, ...], path: Path, dynamic_batch: bool = False) -> None:
-    """The fine-tuned network's float weights as an ONNX file, its fake quantization taken out, for the
-    runtime's quantizer."""
-    from torch.ao.quantization import disable_fake_quant, disable_observer
-
-    from hwnas.runtimes.onnx import export_onnx
-
-    prepared.eval()
-    prepared.apply(disable_observer)
-    prepared.apply(disable_fake_quant)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_onnx(prepared, input_shape, path, dynamic_batch=dynamic_batch)
+def float_weights(prepared: nn.Module, model: nn.Module) -> nn.Module:
+    """`folded(model)` with the weights `prepared` (from prepared_for_qat(model)) was fine-tuned to: the
+    network the runtimes' quantizers take. QAT keeps each layer's path and parameter names."""
+    network = folded(model)
+    tuned = prepared.state_dict()
+    network.load_state_dict({name: tuned[name] for name in network.state_dict()})
+    return network.eval()
 
 
 def fine_tune_config(dataset: str, image_size: int, gray_as_rgb: bool, model: ModelConfig, epochs: int,
@@ -88,14 +87,13 @@ def fine_tune_config(dataset: str, image_size: int, gray_as_rgb: bool, model: Mo
                               valid_portion=0.1))
 
 
-def fine_tuned_onnx(net: dict[str, Any], input_shape: tuple[int, ...], path: Path, epochs: int,
-                    data_root: str | None, dynamic_batch: bool = False) -> dict[str, Any]:
-    """Fine-tune `net` (resolve_network's dict) with fake int8 for `epochs` on its training images, and write
-    its float weights as the ONNX file `path`. Returns the fine-tuning's figures."""
+def fine_tuned(net: dict[str, Any], input_shape: tuple[int, ...], epochs: int,
+               data_root: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    """`net` (resolve_network's dict) fine-tuned with fake int8 for `epochs` on its training images, as a
+    float network with folded batch norms, and the fine-tuning's figures."""
+    from hwnas.export import DATASET_SHAPES
     from hwnas.runs import RunDir
     from hwnas.train import Trainer
-
-    from hwnas.export import DATASET_SHAPES
 
     gray_as_rgb = DATASET_SHAPES[net["dataset"]][1] == 1 and net["channels"] == 3
     config = fine_tune_config(net["dataset"], net["size"], gray_as_rgb, net["model_cfg"], epochs, data_root)
@@ -104,7 +102,7 @@ def fine_tuned_onnx(net: dict[str, Any], input_shape: tuple[int, ...], path: Pat
         run = RunDir.prepare(Path(tmp) / "qat", {"qat_epochs": epochs}, resume=False)
         trainer = Trainer(config, net["arch"], run, quiet=True, model=prepared)
         trainer.fit()
-    save_float_onnx(trainer.model, input_shape, path, dynamic_batch)
     last = trainer.history[-1]
-    return {"epochs": epochs, "training_images": len(trainer.train_idx), "learning_rate": QAT_LR,
-            "valid_acc": last["valid_acc"], "train_seconds": round(sum(r["seconds"] for r in trainer.history), 1)}
+    return float_weights(trainer.model, net["model"]), {
+        "epochs": epochs, "training_images": len(trainer.train_idx), "learning_rate": QAT_LR,
+        "valid_acc": last["valid_acc"], "train_seconds": round(sum(r["seconds"] for r in trainer.history), 1)}

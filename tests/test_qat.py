@@ -1,15 +1,13 @@
 """Quantization-aware fine-tuning (hwnas/qat.py): the folded, fake-quantized network, its QDQ file, and
 the fine-tuning on a dataset."""
 
-import collections
-
 import numpy as np
 import onnx
 import torch
 from torch import nn
 from torch.ao.quantization import FakeQuantize, disable_fake_quant, disable_observer
 
-from hwnas.qat import fine_tuned_onnx, prepared_for_qat, save_float_onnx
+from hwnas.qat import fine_tuned, float_weights, prepared_for_qat
 
 
 def _net() -> nn.Module:
@@ -56,13 +54,14 @@ def test_onnx_runtimes_quantizer_puts_the_fine_tuned_weights_on_the_grid_they_we
     from onnx import numpy_helper
 
     from hwnas.quantize import LADDER, prepare, quantize
+    from hwnas.runtimes.onnx import export_onnx
 
     net, x = _net(), torch.randn(16, 3, 16, 16)
     prepared = prepared_for_qat(net, x[:2])
     prepared(x)  # one training-mode step of the observers: the weights' scales
     trained_on = {tuple(m.weight.shape): m.weight_fake_quant(m.weight).detach().numpy()
                   for m in prepared.modules() if hasattr(m, "weight_fake_quant")}
-    save_float_onnx(prepared, (1, 3, 16, 16), tmp_path / "tuned.onnx")
+    export_onnx(float_weights(prepared, net), (1, 3, 16, 16), tmp_path / "tuned.onnx")
     prepare(tmp_path / "tuned.onnx", tmp_path / "prepared.onnx")
     quantize(tmp_path / "prepared.onnx", tmp_path / "int8.onnx", x.numpy(), LADDER[0])
     model = onnx.load(str(tmp_path / "int8.onnx"))
@@ -80,30 +79,27 @@ def test_onnx_runtimes_quantizer_puts_the_fine_tuned_weights_on_the_grid_they_we
         np.testing.assert_allclose(rounded[shape], weights, rtol=0, atol=1e-6 * np.abs(weights).max())
 
 
-def test_fine_tuning_trains_on_the_datasets_training_images_and_writes_the_tuned_float_network(tmp_path):
+def test_fine_tuning_trains_on_the_datasets_training_images_and_gives_a_float_folded_network():
     from hwnas.config import ModelConfig
     from hwnas.export import real_images
     from hwnas.train import build_model
     from tests.test_train_export import SMALL_ROUTED
 
-    arch = SMALL_ROUTED
     torch.manual_seed(0)
     config = ModelConfig(dropout=0.0)
-    net = {"arch": arch, "model": build_model(arch, config, 10, 3).eval(), "dataset": "digits",
+    net = {"arch": SMALL_ROUTED, "model": build_model(SMALL_ROUTED, config, 10, 3).eval(), "dataset": "digits",
            "model_cfg": config, "channels": 3, "size": 32}
     before = {k: v.clone() for k, v in net["model"].state_dict().items()}
-    row = fine_tuned_onnx(net, (1, 3, 32, 32), tmp_path / "q.onnx", epochs=1, data_root=None)
+    network, row = fine_tuned(net, (1, 3, 32, 32), epochs=1, data_root=None)
     assert row["epochs"] == 1 and row["training_images"] == 1293  # digits' 1437, a tenth held out
     assert 0.0 <= row["valid_acc"] <= 1.0 and row["train_seconds"] > 0
-    x, _ = real_images("digits", 3, 32, "test", 8, None)
-    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node)
-    assert ops["Conv"] > 0 and "QuantizeLinear" not in ops and "BatchNormalization" not in ops  # float, folded
-    tuned = _onnx_outputs(tmp_path / "q.onnx", x)
-    # the trained network itself is not changed; the file's weights are the fine-tuned ones
+    assert not any(isinstance(m, (nn.BatchNorm2d, FakeQuantize)) for m in network.modules())  # float, folded
+    x = torch.from_numpy(real_images("digits", 3, 32, "test", 8, None)[0])
+    # the trained network itself is not changed; the fine-tuned one has moved away from it
     assert all(torch.equal(v, net["model"].state_dict()[k]) for k, v in before.items())
     with torch.no_grad():
-        assert np.isfinite(tuned).all() and not np.allclose(tuned, net["model"](torch.from_numpy(x)).numpy(), atol=1e-3)
-    assert list(tmp_path.iterdir()) == [tmp_path / "q.onnx"]  # the fine-tuning's run folder is gone
+        tuned = network(x)
+        assert torch.isfinite(tuned).all() and not torch.allclose(tuned, net["model"](x), atol=1e-3)
 
 
 def test_qat_epochs_without_int8_is_refused(tmp_path, capsys):

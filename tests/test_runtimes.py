@@ -296,15 +296,46 @@ def test_benchmark_model_logs_from_a_phone_become_a_litert_table(tiny, tmp_path)
     assert not (tmp_path / "r2.csv").exists()
 
 
+def test_executorchs_int8_tries_the_fine_tuned_network_when_post_training_loses_too_much(tmp_path):
+    require("executorch")
+    from hwnas.archs.routed import RoutedArch
+    from hwnas.config import ModelConfig
+    from hwnas.export import held_out, real_images, runtime_int8
+    from hwnas.runtimes import get_runtime
+    from hwnas.train import build_model
+
+    runtime, shape = get_runtime("executorch"), (1, 3, 32, 32)
+    arch = RoutedArch.from_dict(json.loads(Path(_small_routed(tmp_path)).read_text()))
+    model = build_model(arch, ModelConfig(dropout=0.0), 10, 3).eval()
+    runtime.save(model, shape, tmp_path / "m.pte")
+    calibration, selection = held_out(real_images("digits", 3, 32, "train", 300, None), 1)
+    calls = []
+
+    def fine_tuned():  # the network as it was: the fine-tuned file then loses exactly what the first one did
+        calls.append(1)
+        return model, {"epochs": 0}
+
+    data = {"calibration": calibration[:64], "selection": selection, "test": real_images("digits", 3, 32, "test", 40, None),
+            "max_drop": -1.0, "fine_tuned": fine_tuned}  # a drop below zero cannot be met
+    q = runtime_int8(runtime, model, shape, tmp_path / "m.pte", tmp_path / "m.int8.pte", data, 1)
+    assert [t["remedy"] for t in q["tried"]] == ["post-training", "qat"] and calls == [1]
+    assert q["tried"][1]["epochs"] == 0 and q["tried"][1]["selection_drop"] == q["tried"][0]["selection_drop"]
+    assert q["remedy"] == "post-training" and q["selection_images"] == 100 and not q["within_drop"]
+    assert (tmp_path / "m.int8.pte").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "arch.json", "m.int8.pte", "m.pte"]
+
+
 def test_an_int8_export_to_executorch_calibrates_measures_accuracy_and_times_both_files(tmp_path):
     require("executorch")
     from hwnas.export import export
 
     report = export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", formats=["pte"], quantize="int8",
-                    runs=5)
+                    runs=5, qat_epochs=0)  # fine-tuning has its own test
     q = report["runtimes"]["pte"]["int8"]
     assert Path(q["path"]) == tmp_path / "m.int8.pte" and report["int8"]["path"] == str(tmp_path / "m.int8.onnx")
-    assert q["test_images"] == 360 and q["calibration_images"] == 256 and "XNNPACKQuantizer" in q["remedy"]
+    assert q["test_images"] == 360 and q["calibration_images"] == 256 and "XNNPACKQuantizer" in q["scheme"]
+    assert q["selection_images"] == 479 and q["tried"][0]["remedy"] == "post-training"  # a third of 1437
+    assert q["remedy"] == min(q["tried"], key=lambda t: t["selection_drop"])["remedy"]
     assert q["accuracy_drop"] == pytest.approx(q["fp32_acc"] - q["int8_acc"])
     assert q["within_drop"] == (q["accuracy_drop"] <= q["max_accuracy_drop"] == 0.01)
     assert q["speedup"] == pytest.approx(report["runtimes"]["pte"]["latency"]["measured_ms"] / q["measured_ms"])

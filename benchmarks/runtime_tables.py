@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from hwnas.latency.kit import build_kit, ingest
+from hwnas.latency.kit import PROFILE_RUNS, build_kit, ingest
 from hwnas.latency.validate import validate
 from hwnas.runtimes import get_runtime
 from hwnas.spaces.definition import load_space
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--spaces", nargs="+", default=["densenas_32_small", "densenas_224"])
     parser.add_argument("--kits", default="benchmarks/runs/kits", help="where the kits are kept")
     parser.add_argument("--samples", type=int, default=50)
-    parser.add_argument("--runs", type=int, default=100, help="timed runs per key")
+    parser.add_argument("--runs", type=int, help="timed runs per key (default: hwnas profile's for the precision)")
     parser.add_argument("--out", default="benchmarks/results/runtime_tables.json")
     parser.add_argument("--precision", choices=["float32", "int8"], default="float32")
     parser.add_argument("--kits-only", action="store_true",
@@ -83,7 +83,7 @@ def main() -> None:
             results = kit.parent / f"{kit.name}-results.csv"
             wait_until_quiet()
             before = load()
-            description = run_kit(runtime.device, kit, results, 1, 10, args.runs)
+            description = run_kit(runtime.device, kit, results, 1, 10, args.runs or PROFILE_RUNS[args.precision])
             table.parent.mkdir(parents=True, exist_ok=True)
             made = ingest(results, table, args.ship)
             row["profile"] = {"keys": len(made), "seconds": description["seconds"], "load_before": before,

@@ -216,7 +216,7 @@ def _profile(args: argparse.Namespace) -> dict[str, Any]:
         manifest = kit.build_kit(space, args.out, args.batch, args.runtime, dtype=args.precision)
         return {"kit": args.out, "keys": len(manifest["entries"]), "space": space.name, "runtime": manifest["runtime"]}
     for name in ("threads", "runs", "batch"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise HwnasError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise HwnasError(f"--warmup must not be negative, got {args.warmup}")
@@ -401,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_count(MAX_THREADS), default=1)
     p.add_argument("--batch", type=_count(MAX_BATCH), default=1)
     p.add_argument("--warmup", type=_count(MAX_RUNS), default=10, help="untimed runs per key")
-    p.add_argument("--runs", type=_count(MAX_RUNS), default=100, help="timed runs per key, one per interleaved round")
+    p.add_argument("--runs", type=_count(MAX_RUNS),
+                   help="timed runs per key, one per interleaved round (default 100; 300 for int8, whose ops take "
+                        "microseconds)")
     p.add_argument("--device", default="cpu", help="torch runtime only: cpu or cuda[:N]")
     p.add_argument("--precision", choices=PRECISIONS, default=PRECISIONS[0],
                    help="int8: every op and calibration network quantized with the runtime's int8 scheme (ort: as "

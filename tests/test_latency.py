@@ -333,6 +333,23 @@ def test_ingest_rejects_results_from_another_kit(tiny, tmp_path, capsys):
     assert not (tmp_path / "t.csv").exists()
 
 
+@pytest.mark.parametrize("precision,runs", [("float32", 100), ("int8", 300)])
+def test_profile_times_each_key_as_often_as_its_precision_needs(tiny, tmp_path, monkeypatch, precision, runs):
+    from hwnas.runtimes import get_runtime
+
+    seen = []
+
+    def profile_here(space, results_csv, threads, batch, warmup, runs, *rest):
+        seen.append(runs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(type(get_runtime("ort")), "profile_here", lambda self, *a: profile_here(*a))
+    monkeypatch.setattr(timing, "describe_device", lambda: {"load_average_1min": 0.0})
+    main(["profile", "--space", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "t.csv"), "--precision",
+          precision, "--quiet"])  # stopped where the runner would start
+    assert seen == [runs] and not (tmp_path / "t.csv").exists()
+
+
 def test_one_step_profile_and_validate_on_a_tiny_space(tiny, tmp_path):
     import random
 

@@ -158,6 +158,12 @@ def test_an_int8_run_needs_a_runtime_that_quantizes_and_a_drop_needs_int8():
         load_run_config(None, ["runtime=litert", "export.quantize=int8"])
     with pytest.raises(ConfigError, match="max_accuracy_drop applies to an int8 export"):
         load_run_config(None, ["export.max_accuracy_drop=2"])
+    assert load_run_config(None, ["export.quantize=int8"]).export.qat_epochs == 2
+    assert load_run_config(None, ["export.quantize=int8", "export.qat_epochs=0"]).export.qat_epochs == 0
+    with pytest.raises(ConfigError, match="qat_epochs applies to an int8 export"):
+        load_run_config(None, ["export.qat_epochs=3"])
+    with pytest.raises(ConfigError, match="qat_epochs"):
+        load_run_config(None, ["export.quantize=int8", "export.qat_epochs=-1"])
 
 
 def test_a_drop_without_int8_is_refused_before_anything_is_written(tmp_path, capsys):

@@ -80,14 +80,15 @@ def test_onnx_runtimes_quantizer_puts_the_fine_tuned_weights_on_the_grid_they_we
 
 
 def test_fine_tuning_trains_on_the_datasets_training_images_and_gives_a_float_folded_network():
+    from hwnas.archs.routed import RoutedArch, RoutedBlock
     from hwnas.config import ModelConfig
     from hwnas.export import real_images
     from hwnas.train import build_model
-    from tests.test_train_export import SMALL_ROUTED
 
+    small = RoutedArch("densenas_32", tuple(RoutedBlock(b, "mbconv_k3_t3") for b in (1, 4, 7, 10, 13, 16)))
     torch.manual_seed(0)
     config = ModelConfig(dropout=0.0)
-    net = {"arch": SMALL_ROUTED, "model": build_model(SMALL_ROUTED, config, 10, 3).eval(), "dataset": "digits",
+    net = {"arch": small, "model": build_model(small, config, 10, 3).eval(), "dataset": "digits",
            "model_cfg": config, "channels": 3, "size": 32}
     before = {k: v.clone() for k, v in net["model"].state_dict().items()}
     network, row = fine_tuned(net, (1, 3, 32, 32), epochs=1, data_root=None)

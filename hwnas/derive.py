@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -181,6 +182,25 @@ def viterbi(space: RoutingSpace, weights: RoutingWeights) -> RoutedArch:
         path.append(back[path[-1]])
     path.reverse()
     return RoutedArch(space.name, tuple(_block(space, weights, a, k) for a, k in zip(path, path[1:-1])))
+
+
+def draw(space: RoutingSpace, weights: RoutingWeights, rng: random.Random) -> RoutedArch:
+    """One architecture drawn from the search's distribution: from block 0, each next block by the betas of
+    the block left, its head op by that branch's alphas, each stack op by its layer's (skip dropped)."""
+    blocks, source = [], 0
+    while True:
+        targets = space.targets(source)
+        target = targets[_pick(rng, weights.edges[source])]
+        if target == space.final_block:
+            return RoutedArch(space.name, tuple(blocks))
+        head = _pick(rng, weights.heads[target, source])
+        stack = [_pick(rng, p) for p in weights.stacks.get(target, [])]
+        blocks.append(_block(space, weights, source, target, head, stack))
+        source = target
+
+
+def _pick(rng: random.Random, probs: Sequence[float]) -> int:
+    return rng.choices(range(len(probs)), weights=probs)[0]
 
 
 def _pareto(options: list[tuple[float, float, tuple]]) -> list[tuple[float, float, tuple]]:

@@ -133,6 +133,7 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
     from hwnas.methods import get_method
     from hwnas.archs.routed import RoutedArch
     from hwnas.runs import load_checkpoint
+    from hwnas.search import HeldOut
 
     decided = run_dir / "fit.json"
     if decided.is_file():
@@ -162,7 +163,7 @@ def fit_to_budget(search_config: SearchConfig, search_dir: Path, arch, budget_ms
         scale *= factor
         table = table.rescaled(factor, {"reason": "the derived network timed here"})
         method.use_table(table)
-        arch = method.derive(model)
+        arch = method.derive_final(model, HeldOut(search_config, dataset, "cpu"))
     fit = {"arch": arch.to_dict(), "rounds": rounds}
     if len(rounds) > 1:  # the table the network was derived with, so the report predicts with it too
         from hwnas.latency.table import save_table

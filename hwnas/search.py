@@ -87,6 +87,31 @@ def arch_step(method: SearchMethod, model: nn.Module, arch_opt: torch.optim.Opti
     return loss.detach(), logits.detach()
 
 
+class HeldOut:
+    """The images a finished search may test candidate networks on: a few augmented batches of the weight
+    half, to measure a candidate's batch-norm statistics, and the architecture half, to test it on
+    (`hwnas/supernets/ranking.py`). Made on first use: most searches never ask."""
+
+    CALIBRATION_BATCHES = 10
+    EVALUATION_BATCH = 256
+
+    def __init__(self, config: SearchConfig, dataset: Dataset, device: torch.device | str):
+        self.config, self.dataset, self.device = config, dataset, device
+        self.weight_idx, self.arch_idx = split_indices(
+            len(dataset.train), config.data.train_portion, config.data.train_subset)
+
+    def calibration(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        stream = BatchStream(self.dataset.train, self.weight_idx, self.config.search.batch_size,
+                             seed_of(self.config.seed, "calibration"), self.config.data.augment)
+        return [self._on_device(next(stream)) for _ in range(self.CALIBRATION_BATCHES)]
+
+    def evaluation(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [self._on_device(b) for b in iterate_once(self.dataset.train, self.arch_idx, self.EVALUATION_BATCH)]
+
+    def _on_device(self, batch):
+        return tuple(t.to(self.device) for t in batch)
+
+
 @dataclass
 class Stage:
     """One supernet under search: the network, its two optimizers, the two batch streams."""
@@ -119,6 +144,9 @@ class SearchLoop:
     @property
     def history(self) -> list[dict[str, Any]]:
         return self.engine.history
+
+    def held_out(self) -> HeldOut:
+        return HeldOut(self.config, self.dataset, self.device)
 
     def run_stage(self, name: str, build: Callable[[], nn.Module]) -> nn.Module:
         """Search one supernet from `build()`; resumes from the stage's checkpoint."""

@@ -43,7 +43,7 @@ from hwnas.config import (MethodConfig, SearchDataConfig, SearchLoopConfig, Stri
 from hwnas.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hwnas.search import SearchLoop
+    from hwnas.search import HeldOut, SearchLoop
 
 # method name -> "module:class" under hwnas.methods
 _REGISTRY = {
@@ -121,6 +121,11 @@ class SearchMethod:
     def derive(self, model: nn.Module) -> Any:
         raise NotImplementedError
 
+    def derive_final(self, model: nn.Module, held_out: "HeldOut") -> Any:
+        """The architecture a finished search hands on, also what `hwnas run`'s budget fit derives again:
+        `derive`, unless a method also tests candidates on held-out images (`hwnas.search.HeldOut`)."""
+        return self.derive(model)
+
     # `hwnas run` times the derived network and, when it misses the budget, derives again from the same
     # supernet with the table rescaled by measured / predicted: a method that can do that says so, and
     # takes the rescaled table in `use_table`; its `space` is the space the table keys
@@ -161,7 +166,7 @@ class SearchMethod:
 
     def run(self, loop: "SearchLoop") -> Any:
         model = loop.run_stage("search", self.build_supernet)
-        return self.derive(model)
+        return self.derive_final(model, loop.held_out())
 
 
 def method_names() -> list[str]:

@@ -25,7 +25,9 @@ What makes DenseNAS DenseNAS, on the shared loop:
 - **Derivation** (`hwnas/derive.py`): Viterbi path selection; with a budget, the most probable
   architecture whose table latency lies in [(1 - budget_slack) * B, B] (else the most probable under
   B), so the derived network never exceeds the budget by the table and does not leave most of it
-  unused when the search has not converged to it.
+  unused when the search has not converged to it. With `derive_candidates: N` the finished search also
+  draws N architectures from its distribution within that window and keeps the one most accurate with
+  the supernet's shared weights (`derive_final`; an addition to the release, which derives by Viterbi alone).
 
 - **Evaluation** after each epoch, as the release evaluates: every op weighted by softmax(alpha).
 
@@ -35,6 +37,7 @@ The release alternates whole epochs of weight and architecture updates (`search.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +48,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from hwnas.config import resolve_path
-from hwnas.derive import RoutingWeights, budget_viterbi, viterbi
+from hwnas.derive import RoutingWeights, budget_viterbi, draw, viterbi
 from hwnas.errors import ConfigError
 from hwnas.latency.cost import RoutingCost
 from hwnas.latency.objective import LatencyObjective, LatencyOptions
@@ -53,6 +56,7 @@ from hwnas.latency.table import load_table
 from hwnas.methods import SearchMethod
 from hwnas.archs.routed import RoutedArch
 from hwnas.spaces.definition import load_space, space_path
+from hwnas.supernets.ranking import shared_weight_accuracy
 from hwnas.supernets.routing import RoutingSupernet
 
 
@@ -68,6 +72,10 @@ class DenseNasOptions(LatencyOptions):
     weight_sharing: Literal["independent", "nested"] = Field(
         "independent", description="candidate MBConvs with their own weights (the release) or nested slices of "
                                    "one superkernel, which trains in far fewer steps (hwnas/supernets/routing.py)")
+    derive_candidates: int = Field(
+        0, ge=0, description="budget: also draw this many architectures from the search's distribution within the "
+                             "budget window and keep, of them and the most probable one, the most accurate with the "
+                             "supernet's shared weights on the architecture half (0: the most probable)")
     weight_sampling: Literal["architecture", "uniform"] = Field(
         "architecture", description="the op a weight step runs per layer once architecture steps start: drawn from "
                                     "softmax(alpha) (ProxylessNAS) or uniformly, so every candidate keeps training")
@@ -90,6 +98,9 @@ class DenseNasOptions(LatencyOptions):
     def _consistent(self) -> "DenseNasOptions":
         if self.latency_loss == "budget" and self.budget_ms is None:
             raise ValueError("latency_loss: budget needs budget_ms (or --budget-ms)")
+        if self.derive_candidates and self.budget_ms is None:
+            raise ValueError("derive_candidates draws candidates within the budget window: it needs budget_ms "
+                             "(or --budget-ms)")
         if self.latency_loss != "none" and self.table is None:
             raise ValueError(f"latency_loss: {self.latency_loss} needs a latency table (method.table or --table)")
         return self
@@ -130,6 +141,7 @@ class DenseNas(SearchMethod):
         self._sampled: dict[str, list[int]] = {}
         self._before: dict[str, torch.Tensor] = {}
         self._terms: dict[str, list[float]] = {"arch_ce": [], "arch_latency_term": []}
+        self._candidates: list[dict[str, Any]] = []
 
     @property
     def budget(self):
@@ -226,9 +238,44 @@ class DenseNas(SearchMethod):
             arch = budget_viterbi(self.space, weights, self.latency.cost, budget, low)
         else:
             arch = viterbi(self.space, weights)
-        # a user's own space is named by its file, so `hwnas train` and `export` can load it again
+        return self._named(arch)
+
+    def _named(self, arch: RoutedArch) -> RoutedArch:
+        """A user's own space is named by its file, so `hwnas train` and `export` can load it again."""
         shipped = space_path(self.space.name) == space_path(self.options.space)
         return arch if shipped else replace(arch, space=str(space_path(self.options.space).resolve()))
+
+    def derive_final(self, model: nn.Module, held_out) -> RoutedArch:
+        """With `derive_candidates`, the most probable architecture under the budget and that many drawn from
+        the search's distribution within the budget window, each tested with the supernet's shared weights
+        on the architecture half; the most accurate is kept (on a tie, the earlier: the most probable).
+
+        Why: the architecture weights rank what the search saw, but they move by a few hundred noisy
+        two-op comparisons, and under a tight budget the latency term moves them more than the
+        cross-entropy does (the ops end near uniform apart from the cheapest). Testing the candidates
+        with the trained supernet measures each whole network instead of summing per-op preferences."""
+        arch = self.derive(model)
+        if not self.options.derive_candidates:
+            return arch
+        low, high = self.latency.window()
+        weights, cost, rng = self.weights(model), self.latency.cost, random.Random(self.config.seed)
+        candidates = [arch]
+        for _ in range(1000 * self.options.derive_candidates):
+            if len(candidates) > self.options.derive_candidates:
+                break
+            drawn = self._named(draw(self.space, weights, rng))
+            if drawn not in candidates and low <= cost.exact(drawn) <= high:
+                candidates.append(drawn)
+        calibration, evaluation = held_out.calibration(), held_out.evaluation()
+        self._candidates = [
+            {"arch": str(c), "predicted_ms": round(cost.exact(c), 4),
+             "shared_weight_acc": shared_weight_accuracy(model, lambda x, c=c: model.forward_path(x, c),
+                                                         calibration, evaluation)}
+            for c in candidates]
+        best = max(range(len(candidates)), key=lambda i: (self._candidates[i]["shared_weight_acc"], -i))
+        for i, row in enumerate(self._candidates):
+            row.update(most_probable=i == 0, kept=i == best)
+        return candidates[best]
 
     def arch_weights(self, model: nn.Module) -> dict[str, Any]:
         """Head and stack op probabilities, labelled: the plots' rows are branches and layers, not indices."""
@@ -243,6 +290,7 @@ class DenseNas(SearchMethod):
 
     def report(self) -> dict[str, Any]:
         return {"space": self.space.name, "latency_loss": self.options.latency_loss,
+                **({"candidates": self._candidates} if self._candidates else {}),
                 **(self.latency.report() if self.latency else {"budget_ms": None, "expected_latency_ms_by_epoch": []})}
 
     def supernet_summary(self) -> dict[str, Any]:

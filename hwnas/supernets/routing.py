@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hwnas.archs.routed import RoutedArch
 from hwnas.ops.mobile import BN_EPS_MOBILE, ConvBNReLU6, mobile_op, parse_mbconv
 from hwnas.spaces.definition import RoutingSpace
 from hwnas.supernets.base import Supernet
@@ -175,3 +176,16 @@ class RoutingSupernet(Supernet):
             outputs[j] = h
         h = sum(probs[i][k] * self.final[str(i)](outputs[i]) for i, k in self.inputs[space.final_block])
         return self.classifier(h)
+
+    # ---- forward: one network of the space ----
+    def forward_path(self, x: torch.Tensor, arch: RoutedArch) -> torch.Tensor:
+        """The network `arch` with the supernet's weights: only its path's head and stack ops run, each at
+        full weight (a kept stack op runs in the block's first stack layers; skipped layers are identity)."""
+        h, source = self.stem(x), 0
+        for block in arch.blocks:
+            head = self.heads[f"{block.block}_{source}"]
+            h = head.ops[head.names.index(block.head)](h)
+            for layer, name in zip(self.stacks[str(block.block)] if block.stack else (), block.stack):
+                h = layer.ops[layer.names.index(name)](h)
+            source = block.block
+        return self.classifier(self.final[str(source)](h))

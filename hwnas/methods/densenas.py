@@ -268,7 +268,7 @@ class DenseNas(SearchMethod):
                 candidates.append(drawn)
         calibration, evaluation = held_out.calibration(), held_out.evaluation()
         self._candidates = [
-            {"arch": str(c), "predicted_ms": round(cost.exact(c), 4),
+            {"arch": c.to_dict(), "arch_text": str(c), "predicted_ms": round(cost.exact(c), 4),
              "shared_weight_acc": shared_weight_accuracy(model, lambda x, c=c: model.forward_path(x, c),
                                                          calibration, evaluation)}
             for c in candidates]

@@ -153,9 +153,11 @@ def test_a_search_checks_a_table_of_this_host_and_warns_when_off(monkeypatch, ca
     assert check.check_before_search(TABLE)["checked"] is False
 
 
-def test_a_derived_network_that_misses_the_budget_is_derived_again(tmp_path, monkeypatch):
+@pytest.mark.parametrize("candidates", [0, 3])
+def test_a_derived_network_that_misses_the_budget_is_derived_again(tmp_path, monkeypatch, candidates):
     """The network measures 1.25x its prediction here: over the budget; derived again with the table
-    rescaled by 1.25 it lands within -10% / +5% of the budget as measured."""
+    rescaled by 1.25 it lands within -10% / +5% of the budget as measured (with `derive_candidates`, the
+    search's final choice among candidates is made again too)."""
     from latency_helpers import TINY_SPACE, synthetic_table
 
     from hwnas import pipeline
@@ -174,7 +176,8 @@ def test_a_derived_network_that_misses_the_budget_is_derived_again(tmp_path, mon
     budget = low + 0.5 * (high - low)
     config = load_config(SearchConfig, "configs/search/densenas_digits.yaml", [
         f"method.space={tmp_path / 'tiny.yaml'}", f"method.table={tmp_path / 'tiny.csv'}", f"method.budget_ms={budget}",
-        "search.epochs=2", "search.arch_start_epoch=1", "search.steps_per_epoch=2", "search.batch_size=8"])
+        "search.epochs=2", "search.arch_start_epoch=1", "search.steps_per_epoch=2", "search.batch_size=8",
+        f"method.derive_candidates={candidates}"])
     searched = search(config, tmp_path / "search", quiet=True)
     first = RoutedArch.from_dict(searched["arch"])
     measured = []
@@ -184,7 +187,14 @@ def test_a_derived_network_that_misses_the_budget_is_derived_again(tmp_path, mon
         return measured[-1]
 
     monkeypatch.setattr(pipeline, "measure_network", slow_by_a_quarter)
+    from hwnas.methods.densenas import DenseNas
+
+    tested = []  # how many networks each final derivation tested with the shared weights
+    final = DenseNas.derive_final
+    monkeypatch.setattr(DenseNas, "derive_final",
+                        lambda self, *a: (final(self, *a), tested.append(len(self._candidates)))[0])
     arch, fit = pipeline.fit_to_budget(config, tmp_path / "search", first, budget, tmp_path)
+    assert len(tested) == 1 and (tested[0] > 1) == (candidates > 0)
     assert fit["rounds"][0]["budget"] == "over" and fit["rounds"][0]["arch"] == first.to_dict()
     # derived again under the table x1.25, the network now fits the budget as measured (the tiny space
     # may have nothing within -10%, but it is never over)

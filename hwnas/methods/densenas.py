@@ -253,7 +253,9 @@ class DenseNas(SearchMethod):
         Why: the architecture weights rank what the search saw, but they move by a few hundred noisy
         two-op comparisons, and under a tight budget the latency term moves them more than the
         cross-entropy does (the ops end near uniform apart from the cheapest). Testing the candidates
-        with the trained supernet measures each whole network instead of summing per-op preferences."""
+        with the trained supernet measures each whole network instead of summing per-op preferences. It
+        helps only where the shared weights rank networks as training does, which the dense supernet's
+        did not on Fashion-MNIST (docs/searching.md): off by default."""
         arch = self.derive(model)
         if not self.options.derive_candidates:
             return arch

@@ -119,6 +119,8 @@ def pending_units(plan: dict, runs: Path, args: argparse.Namespace):
     trainings appear once its search is done."""
     nets = networks(plan, runs, args)
     for k, budget in enumerate(plan["budgets"]):
+        if args.budgets is not None and k not in args.budgets:
+            continue
         for seed in range(args.search_seeds):
             folder = search_folder(runs, k, seed)
             if not report(folder):
@@ -257,6 +259,8 @@ def main() -> None:
     parser.add_argument("--train-config", default="configs/train/densenas_fmnist.yaml")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 0.9],
                         help="budgets as fractions of the latency range all three families reach")
+    parser.add_argument("--budgets", type=int, nargs="+",
+                        help="work only on these budgets of the plan (0 is the tightest); all by default")
     parser.add_argument("--search-seeds", type=int, default=3)
     parser.add_argument("--train-seeds", type=int, default=2, help="for the searched and hand-designed networks")
     parser.add_argument("--random", type=int, default=5, help="random networks per budget (one training seed each)")

@@ -9,12 +9,13 @@
 At three budgets inside the latency range that all three families reach (the hand-designed family,
 k3 t6 everywhere, tops out below the space's largest latency), by the latency table of this machine:
 
-- searched: DenseNAS under the budget (configs/search/densenas_fmnist.yaml), one search per seed;
+- searched: DenseNAS under the budget (configs/search/densenas_fmnist_more_images.yaml: the supernet
+  trained on 18000 images), one search per seed;
 - random: architectures drawn uniformly among those the table predicts within [0.95 B, B], where the
   search derives its network (its `budget_slack`);
 - hand-designed: the MobileNetV2-like member of the space nearest the budget (hwnas/baselines.py).
 
-Every network is trained with one recipe (configs/train/densenas_fmnist.yaml) and tested on the 10000
+Every network is trained with one recipe (configs/train/densenas_fmnist_long.yaml) and tested on the 10000
 Fashion-MNIST test images; searched and hand-designed networks with several training seeds. Every unit
 (a search, a training, the latency measurement) keeps its result in its folder under --runs and is
 reused, so the benchmark continues where it stopped. The plan (budgets and baseline architectures) is
@@ -248,15 +249,17 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/search_vs_baselines.json")
-    parser.add_argument("--runs", default="benchmarks/runs/search-vs-baselines",
+    parser.add_argument("--runs", default="benchmarks/runs/svb-more-images",
                         help="the units' folders; their small files (reports, configs, metrics) are committed so the "
                              "benchmark continues in a fresh checkout, checkpoints and weights are not")
     parser.add_argument("--table", default="latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv",
                         help="the latency table of the machine the networks are measured on")
     parser.add_argument("--host-table", help="the latency table of the machine the latencies were measured on, when "
                                              "it is not --table's: its predictions are reported beside them")
-    parser.add_argument("--search-config", default="configs/search/densenas_fmnist.yaml")
-    parser.add_argument("--train-config", default="configs/train/densenas_fmnist.yaml")
+    parser.add_argument("--search-config", default="configs/search/densenas_fmnist_more_images.yaml")
+    parser.add_argument("--train-config", default="configs/train/densenas_fmnist_long.yaml",
+                        help="every network's training recipe (configs/train/densenas_fmnist.yaml: the first, "
+                             "shorter and noisier one)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 0.9],
                         help="budgets as fractions of the latency range all three families reach")
     parser.add_argument("--budgets", type=int, nargs="+",

@@ -226,17 +226,18 @@ def plot(result: dict, path: Path) -> None:
     colours = {"searched": "tab:red", "random": "tab:gray", "hand_designed": "tab:blue"}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for family, colour in colours.items():
-        xs, ys, hollow = [], [], []
+        xs, ys = [], []
         for entry in result["budgets"]:
             for row in entry[family]["networks"]:
                 if row["test_acc"]:
                     xs.append(row["measured_ms"] or row["predicted_ms"])
                     ys.append(100 * statistics.mean(row["test_acc"]))
-                    hollow.append(row["measured_ms"] is None)
         ax.scatter(xs, ys, c=colour, label=family.replace("_", "-"), alpha=0.8, edgecolors=colour)
-    for entry in result["budgets"]:
-        ax.axvline(entry["budget_ms"], color="0.85", lw=1, zorder=0)
     measured = any(row["measured_ms"] for e in result["budgets"] for f in colours for row in e[f]["networks"])
+    # the budgets are table latencies: they mark the x axis only where it is in the table's milliseconds
+    if not measured or result["latency_measurement"].get("table_same_host"):
+        for entry in result["budgets"]:
+            ax.axvline(entry["budget_ms"], color="0.85", lw=1, zorder=0)
     ax.set_xlabel("latency, ms (measured end to end)" if measured else "latency, ms (predicted by the table)")
     ax.set_ylabel("Fashion-MNIST test accuracy, % (mean over training seeds)")
     ax.set_title(f"{result['space']}: searched vs random vs hand-designed")

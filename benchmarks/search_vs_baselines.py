@@ -172,6 +172,18 @@ def _stats(values: list[float]) -> dict:
             "std": round(statistics.stdev(values), 4) if len(values) > 1 else None, "n": len(values)}
 
 
+def searched_above_random_p(entry: dict) -> float | None:
+    """One-sided Welch t-test that the searched networks are more accurate than the random ones, a network
+    (its mean over training seeds) per sample: the training seeds of one network are not independent draws."""
+    from scipy.stats import ttest_ind
+
+    searched, rand = ([statistics.mean(row["test_acc"]) for row in entry[family]["networks"] if row["test_acc"]]
+                      for family in ("searched", "random"))
+    if len(searched) < 2 or len(rand) < 2:
+        return None
+    return round(float(ttest_ind(searched, rand, equal_var=False, alternative="greater").pvalue), 3)
+
+
 def assemble(plan: dict, runs: Path, args: argparse.Namespace) -> dict:
     table = load_table(plan["table"])
     space = load_space(plan["space"])
@@ -209,6 +221,7 @@ def assemble(plan: dict, runs: Path, args: argparse.Namespace) -> dict:
             entry["searched_beats_random_by_one_std"] = (entry["searched"]["mean"]
                                                          > entry["random"]["mean"] + entry["random"]["std"])
             entry["searched_beats_hand_designed"] = entry["searched"]["mean"] > entry["hand_designed"]["mean"]
+            entry["searched_above_random_p"] = searched_above_random_p(entry)
         result["budgets"].append(entry)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

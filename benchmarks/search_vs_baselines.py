@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from scipy.stats import ttest_ind
+
 from hwnas.baselines import hand_designed, hand_designed_family, layers, random_routed_archs
 from hwnas.config import TrainConfig, load_config, resolve_path
 from hwnas.methods import SearchConfig
@@ -175,8 +177,6 @@ def _stats(values: list[float]) -> dict:
 def searched_above_random_p(entry: dict) -> float | None:
     """One-sided Welch t-test that the searched networks are more accurate than the random ones, a network
     (its mean over training seeds) per sample: the training seeds of one network are not independent draws."""
-    from scipy.stats import ttest_ind
-
     searched, rand = ([statistics.mean(row["test_acc"]) for row in entry[family]["networks"] if row["test_acc"]]
                       for family in ("searched", "random"))
     if len(searched) < 2 or len(rand) < 2:

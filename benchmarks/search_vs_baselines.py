@@ -50,6 +50,9 @@ from profilers.measure import cpu_model, host_identity
 from units import report, started, work
 
 FAMILIES = ("searched", "random", "hand_designed")
+# the recipes of a new plan, unless --search-config / --train-config name others
+RECIPES = {"search_config": "configs/search/densenas_fmnist_more_images.yaml",
+           "train_config": "configs/train/densenas_fmnist_long.yaml"}
 
 
 def make_plan(args: argparse.Namespace, table_path: str) -> dict:
@@ -81,7 +84,14 @@ def load_plan(args: argparse.Namespace, runs: Path, table_path: str) -> dict:
         plan = json.loads(path.read_text())
         if len(plan["budgets"]) != len(args.fractions) or plan["table"] != table_path:
             sys.exit(f"{path} was planned with other budgets or another table; use another --runs")
+        # the recipes are part of the plan: a resumed benchmark must not mix two of them
+        for key in RECIPES:
+            given = getattr(args, key)
+            if given is not None and given != plan[key]:
+                sys.exit(f"{path} was planned with {key} {plan[key]}, not {given}; drop the option or use another --runs")
         return plan
+    for key, default in RECIPES.items():
+        setattr(args, key, getattr(args, key) or default)
     plan = make_plan(args, table_path)
     runs.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(plan, indent=2) + "\n")
@@ -127,7 +137,7 @@ def pending_units(plan: dict, runs: Path, args: argparse.Namespace):
         for seed in range(args.search_seeds):
             folder = search_folder(runs, k, seed)
             if not report(folder):
-                config = load_config(SearchConfig, args.search_config, [
+                config = load_config(SearchConfig, plan["search_config"], [
                     f"method.table={plan['table']}", f"method.budget_ms={budget['budget_ms']}", f"seed={seed}",
                     f"device={args.device}", *args.set_search])
                 # the table was profiled on this machine; timing its networks beside a busy worker would mislead
@@ -136,7 +146,7 @@ def pending_units(plan: dict, runs: Path, args: argparse.Namespace):
             for seed in range(net["train_seeds"]):
                 folder = train_folder(runs, k, net["name"], seed)
                 if not report(folder):
-                    config = load_config(TrainConfig, args.train_config,
+                    config = load_config(TrainConfig, plan["train_config"],
                                          [f"seed={seed}", f"device={args.device}", *args.set_train])
                     arch = RoutedArch.from_dict(net["arch"])
                     yield folder, lambda c=config, a=arch, f=folder: train(c, a, f, resume=started(f), quiet=True)
@@ -270,10 +280,10 @@ def main() -> None:
                         help="the latency table of the machine the networks are measured on")
     parser.add_argument("--host-table", help="the latency table of the machine the latencies were measured on, when "
                                              "it is not --table's: its predictions are reported beside them")
-    parser.add_argument("--search-config", default="configs/search/densenas_fmnist_more_images.yaml")
-    parser.add_argument("--train-config", default="configs/train/densenas_fmnist_long.yaml",
-                        help="every network's training recipe (configs/train/densenas_fmnist.yaml: the first, "
-                             "shorter and noisier one)")
+    parser.add_argument("--search-config", help=f"a new plan's search recipe ({RECIPES['search_config']})")
+    parser.add_argument("--train-config",
+                        help=f"a new plan's training recipe for every network ({RECIPES['train_config']}; "
+                             "configs/train/densenas_fmnist.yaml: the first, shorter and noisier one)")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5, 0.9],
                         help="budgets as fractions of the latency range all three families reach")
     parser.add_argument("--budgets", type=int, nargs="+",

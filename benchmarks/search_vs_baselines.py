@@ -18,9 +18,10 @@ k3 t6 everywhere, tops out below the space's largest latency), by the latency ta
 Every network is trained with one recipe (configs/train/densenas_fmnist_long.yaml) and tested on the 10000
 Fashion-MNIST test images; searched and hand-designed networks with several training seeds. Every unit
 (a search, a training, the latency measurement) keeps its result in its folder under --runs and is
-reused, so the benchmark continues where it stopped. The plan (budgets and baseline architectures) is
-fixed in RUNS/plan.json at the first start. `--device cuda` and `--set-search/--set-train` give a larger
-protocol on a GPU machine.
+reused, so the benchmark continues where it stopped. The plan (budgets, baseline architectures, the two
+recipes and their `--set-search/--set-train` overrides) is fixed in RUNS/plan.json at the first start, so
+a resumed benchmark cannot mix two recipes. `--device cuda` and the overrides give a larger protocol on a
+GPU machine.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ FAMILIES = ("searched", "random", "hand_designed")
 # the recipes of a new plan, unless --search-config / --train-config name others
 RECIPES = {"search_config": "configs/search/densenas_fmnist_more_images.yaml",
            "train_config": "configs/train/densenas_fmnist_long.yaml"}
+# overrides of those recipes, fixed in the plan with them (a plan without them has none)
+OVERRIDES = ("set_search", "set_train")
 
 
 def make_plan(args: argparse.Namespace, table_path: str) -> dict:
@@ -75,7 +78,7 @@ def make_plan(args: argparse.Namespace, table_path: str) -> dict:
     return {"space": space.name, "table": table_path, "space_range_ms": [round(space_low, 4), round(space_high, 4)],
             "hand_designed_range_ms": [round(min(hand_ms), 4), round(max(hand_ms), 4)],
             "common_range_ms": [round(low, 4), round(high, 4)], "search_config": args.search_config,
-            "train_config": args.train_config, "budgets": budgets}
+            "train_config": args.train_config, **{key: getattr(args, key) for key in OVERRIDES}, "budgets": budgets}
 
 
 def load_plan(args: argparse.Namespace, runs: Path, table_path: str) -> dict:
@@ -89,6 +92,12 @@ def load_plan(args: argparse.Namespace, runs: Path, table_path: str) -> dict:
             given = getattr(args, key)
             if given is not None and given != plan[key]:
                 sys.exit(f"{path} was planned with {key} {plan[key]}, not {given}; drop the option or use another --runs")
+        for key in OVERRIDES:
+            given, planned = getattr(args, key), plan.get(key, [])
+            if given and given != planned:
+                sys.exit(f"{path} was planned with --{key.replace('_', '-')} {' '.join(planned) or '(none)'}, not "
+                         f"{' '.join(given)}; drop the option or use another --runs")
+            setattr(args, key, planned)
         return plan
     for key, default in RECIPES.items():
         setattr(args, key, getattr(args, key) or default)
@@ -205,6 +214,7 @@ def assemble(plan: dict, runs: Path, args: argparse.Namespace) -> dict:
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "dataset": "fashion-mnist (test: all 10000 images)",
               **{k: plan[k] for k in ("space", "table", "space_range_ms", "hand_designed_range_ms",
                                       "common_range_ms", "search_config", "train_config")},
+              **{key: getattr(args, key) for key in OVERRIDES},
               "search_seeds": args.search_seeds, "train_seeds": args.train_seeds, "random_per_budget": args.random,
               "latency_measurement": {k: v for k, v in latency.items() if k != "rounds"},
               **({"host_table": args.host_table} if args.host_table else {}), "budgets": []}
@@ -296,8 +306,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="latency measurement rounds")
     parser.add_argument("--max-load", type=float, default=0.5, help="the quiet machine's load average, at most")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set-search", nargs="*", default=[], help="overrides of the search recipe")
-    parser.add_argument("--set-train", nargs="*", default=[], help="overrides of the training recipe")
+    parser.add_argument("--set-search", nargs="*", default=[], help="a new plan's overrides of the search recipe")
+    parser.add_argument("--set-train", nargs="*", default=[], help="a new plan's overrides of the training recipe")
     args = parser.parse_args()
     runs = Path(args.runs)
     plan = load_plan(args, runs, str(resolve_path(args.table)))

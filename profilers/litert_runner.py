@@ -24,19 +24,36 @@ else:  # run as a script from a copied profilers/ folder
 
 
 class LiteRtModel:
+    """A loaded model that takes and gives float32. A fully int8 model (hwnas's int8 `.tflite`) has int8
+    input and output with a scale and zero point, as an app feeds it: the input is quantized with them
+    before it is set (outside the timed call, as an app converts its camera frame) and the output
+    dequantized."""
+
     def __init__(self, interpreter):
         self.interpreter = interpreter
-        self.input = interpreter.get_input_details()[0]["index"]
-        self.output = interpreter.get_output_details()[0]["index"]
+        self.input = interpreter.get_input_details()[0]
+        self.output = interpreter.get_output_details()[0]
+
+    def _tensor(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype == np.float32:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        scale, zero_point = self.input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self.input, np.ascontiguousarray(x, dtype=np.float32))
+        self.interpreter.set_tensor(self.input["index"], self._tensor(x))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output).copy()
+        y = self.interpreter.get_tensor(self.output["index"])
+        if y.dtype == np.float32:
+            return y.copy()
+        scale, zero_point = self.output["quantization"]
+        return (y.astype(np.float32) - zero_point) * scale
 
     def bound(self, x: np.ndarray) -> Callable[[], object]:
         # the input is set once: the interpreter keeps it in its own buffer, and so its output
-        self.interpreter.set_tensor(self.input, np.ascontiguousarray(x, dtype=np.float32))
+        self.interpreter.set_tensor(self.input["index"], self._tensor(x))
         return self.interpreter.invoke
 
 

@@ -145,17 +145,22 @@ def test_an_int8_table_measures_quantized_ops_and_prices_an_architecture_at_int8
     assert main(["profile", "--space", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "t.csv"), "--runtime",
                  "torch", "--precision", "int8", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "int8 tables come from the runtimes that quantize (ort, executorch)" in err
+    assert "int8 tables come from the runtimes that quantize (ort, executorch, litert)" in err
     assert err.count("\n") == 1 and not (tmp_path / "t.csv").exists()
 
 
-def test_an_int8_run_needs_a_runtime_that_quantizes_and_a_drop_needs_int8():
+def test_an_int8_run_needs_a_runtime_that_quantizes_and_a_drop_needs_int8(monkeypatch):
     from hwnas.errors import ConfigError
     from hwnas.pipeline import load_run_config
+    from hwnas.runtimes.litert import LiteRtRuntime
 
     assert load_run_config(None, ["export.quantize=int8", "export.max_accuracy_drop=0.5"]).export.max_accuracy_drop == 0.5
-    with pytest.raises(ConfigError, match="no int8 files"):
+    assert load_run_config(None, ["runtime=litert", "export.quantize=int8"]).runtime == "litert"
+    monkeypatch.setattr(LiteRtRuntime, "deploy_precisions", ("float32",))  # a runtime without int8 files
+    with pytest.raises(ConfigError, match="the litert runtime has no int8 files; deploy int8 with a runtime that "
+                                          r"quantizes \(ort, executorch\)"):
         load_run_config(None, ["runtime=litert", "export.quantize=int8"])
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="max_accuracy_drop applies to an int8 export"):
         load_run_config(None, ["export.max_accuracy_drop=2"])
     assert load_run_config(None, ["export.quantize=int8"]).export.qat_epochs == 2

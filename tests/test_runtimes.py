@@ -188,23 +188,26 @@ def test_export_writes_checks_and_times_another_runtimes_file(name, fmt, tmp_pat
     assert other["parity"]["random"]["max_abs_output"] > 0.5
 
 
-def test_an_executorch_int8_file_holds_int8_weights_and_stays_close_to_pytorch(tiny, tmp_path):
-    require("executorch")
-    runtime = get_runtime("executorch")
+@pytest.mark.parametrize("name", EXTRA_RUNTIMES)
+def test_an_int8_file_holds_int8_weights_and_stays_close_to_pytorch(name, tiny, tmp_path):
+    require(name)
+    runtime = get_runtime(name)
     model, shape = tiny_network(tiny), input_shape(tiny, 1)
-    runtime.save_at(model, shape, tmp_path / "float.pte")
-    runtime.save_at(model, shape, tmp_path / "int8.pte", "int8")
+    int8 = tmp_path / f"int8{runtime.suffix}"
+    runtime.save_at(model, shape, int8, "int8")
     x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     expected = model(torch.from_numpy(x)).detach().numpy()
-    relative = np.abs(runtime.load(tmp_path / "int8.pte", 1).run(x) - expected).max() / np.abs(expected).max()
+    out = runtime.load(int8, 1).run(x)
+    assert out.dtype == np.float32 and out.shape == expected.shape  # LiteRT's int8 output comes back dequantized
+    relative = np.abs(out - expected).max() / np.abs(expected).max()
     assert 1e-4 < relative < 0.15  # quantized, so not float-exact, and still the same function
     # int8 weights take a quarter of float32's bytes: a layer of 50k weights shows it through the graph's own bytes
     from hwnas.ops.mobile import MBConv
 
     layer = MBConv(64, 64, 3, 6, 1).eval()
-    runtime.save_at(layer, (1, 64, 8, 8), tmp_path / "layer.pte")
-    runtime.save_at(layer, (1, 64, 8, 8), tmp_path / "layer_int8.pte", "int8")
-    assert (tmp_path / "layer_int8.pte").stat().st_size < 0.4 * (tmp_path / "layer.pte").stat().st_size
+    runtime.save_at(layer, (1, 64, 8, 8), tmp_path / f"layer{runtime.suffix}")
+    runtime.save_at(layer, (1, 64, 8, 8), tmp_path / f"layer_int8{runtime.suffix}", "int8")
+    assert (tmp_path / f"layer_int8{runtime.suffix}").stat().st_size < 0.4 * (tmp_path / f"layer{runtime.suffix}").stat().st_size
 
 
 def test_a_table_of_another_runtime_is_refused_before_anything_is_written(tmp_path):
@@ -296,18 +299,20 @@ def test_benchmark_model_logs_from_a_phone_become_a_litert_table(tiny, tmp_path)
     assert not (tmp_path / "r2.csv").exists()
 
 
-def test_executorchs_int8_tries_the_fine_tuned_network_when_post_training_loses_too_much(tmp_path):
-    require("executorch")
+@pytest.mark.parametrize("name", EXTRA_RUNTIMES)
+def test_a_runtimes_int8_tries_the_fine_tuned_network_when_post_training_loses_too_much(name, tmp_path):
+    require(name)
     from hwnas.archs.routed import RoutedArch
     from hwnas.config import ModelConfig
     from hwnas.export import held_out, real_images, runtime_int8
     from hwnas.runtimes import get_runtime
     from hwnas.train import build_model
 
-    runtime, shape = get_runtime("executorch"), (1, 3, 32, 32)
+    runtime, shape = get_runtime(name), (1, 3, 32, 32)
+    fp32, int8 = tmp_path / f"m{runtime.suffix}", tmp_path / f"m.int8{runtime.suffix}"
     arch = RoutedArch.from_dict(json.loads(Path(_small_routed(tmp_path)).read_text()))
     model = build_model(arch, ModelConfig(dropout=0.0), 10, 3).eval()
-    runtime.save(model, shape, tmp_path / "m.pte")
+    runtime.save(model, shape, fp32)
     calibration, selection = held_out(real_images("digits", 3, 32, "train", 300, None), 1)
     calls = []
 
@@ -317,26 +322,27 @@ def test_executorchs_int8_tries_the_fine_tuned_network_when_post_training_loses_
 
     data = {"calibration": calibration[:64], "selection": selection, "test": real_images("digits", 3, 32, "test", 40, None),
             "max_drop": -1.0, "fine_tuned": fine_tuned}  # a drop below zero cannot be met
-    q = runtime_int8(runtime, model, shape, tmp_path / "m.pte", tmp_path / "m.int8.pte", data, 1)
+    q = runtime_int8(runtime, model, shape, fp32, int8, data, 1)
     assert [t["remedy"] for t in q["tried"]] == ["post-training", "qat"] and calls == [1]
     assert q["tried"][1]["epochs"] == 0 and q["tried"][1]["selection_drop"] == q["tried"][0]["selection_drop"]
     assert q["remedy"] == "post-training" and q["selection_images"] == 100 and not q["within_drop"]
-    assert (tmp_path / "m.int8.pte").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
-        "arch.json", "m.int8.pte", "m.pte"]
+    assert int8.is_file() and sorted(p.name for p in tmp_path.iterdir()) == sorted(["arch.json", int8.name, fp32.name])
 
 
-def test_an_int8_export_to_executorch_calibrates_measures_accuracy_and_times_both_files(tmp_path):
-    require("executorch")
+@pytest.mark.parametrize("name,fmt,scheme", [("executorch", "pte", "XNNPACKQuantizer"), ("litert", "tflite", "PT2EQuantizer")])
+def test_an_int8_export_to_another_runtime_calibrates_measures_accuracy_and_times_both_files(name, fmt, scheme,
+                                                                                           tmp_path):
+    require(name)
     from hwnas.export import export
 
-    report = export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", formats=["pte"], quantize="int8",
+    report = export(_small_routed(tmp_path), tmp_path / "m.onnx", dataset="digits", formats=[fmt], quantize="int8",
                     runs=5, qat_epochs=0)  # fine-tuning has its own test
-    q = report["runtimes"]["pte"]["int8"]
-    assert Path(q["path"]) == tmp_path / "m.int8.pte" and report["int8"]["path"] == str(tmp_path / "m.int8.onnx")
-    assert q["test_images"] == 360 and q["calibration_images"] == 256 and "XNNPACKQuantizer" in q["scheme"]
+    q = report["runtimes"][fmt]["int8"]
+    assert Path(q["path"]) == tmp_path / f"m.int8.{fmt}" and report["int8"]["path"] == str(tmp_path / "m.int8.onnx")
+    assert q["test_images"] == 360 and q["calibration_images"] == 256 and scheme in q["scheme"]
     assert q["selection_images"] == 479 and q["tried"][0]["remedy"] == "post-training"  # a third of 1437
     assert q["remedy"] == min(q["tried"], key=lambda t: t["selection_drop"])["remedy"]
     assert q["accuracy_drop"] == pytest.approx(q["fp32_acc"] - q["int8_acc"])
     assert q["within_drop"] == (q["accuracy_drop"] <= q["max_accuracy_drop"] == 0.01)
-    assert q["speedup"] == pytest.approx(report["runtimes"]["pte"]["latency"]["measured_ms"] / q["measured_ms"])
-    assert (tmp_path / "m.int8.pte").stat().st_size < 0.6 * (tmp_path / "m.pte").stat().st_size
+    assert q["speedup"] == pytest.approx(report["runtimes"][fmt]["latency"]["measured_ms"] / q["measured_ms"])
+    assert (tmp_path / f"m.int8.{fmt}").stat().st_size < 0.6 * (tmp_path / f"m.{fmt}").stat().st_size

@@ -150,6 +150,29 @@ class FileRuntime(Runtime):
                 raise HwnasError(str(exc)) from None
 
 
+def pt2e_quantized(module: nn.Module, input_shape: tuple[int, ...], quantizer, calibration: np.ndarray | None,
+                   fold_quantize: bool = True):
+    """`module` quantized by PyTorch 2 export quantization with a runtime's own `quantizer`: observers
+    inserted, calibrated on the `calibration` images (or 16 random batches: a kit's micro-models, whose
+    kernels' speed does not depend on the ranges), then converted. Returns the quantized module and an
+    example input."""
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    generator = torch.Generator().manual_seed(0)
+    example = (torch.randn(*input_shape, generator=generator),)
+    prepared = prepare_pt2e(torch.export.export(module.eval(), example).module(), quantizer)
+    if calibration is None:
+        batches = [torch.randn(*input_shape, generator=generator) for _ in range(16)]
+    else:
+        step = input_shape[0]
+        batches = [torch.from_numpy(calibration[i:i + step])
+                   for i in range(0, len(calibration) - len(calibration) % step, step)]
+    for batch in batches:
+        prepared(batch)
+    return convert_pt2e(prepared, fold_quantize=fold_quantize), example
+
+
 @contextlib.contextmanager
 def python_output_silenced() -> Iterator[None]:
     """Tools that print progress with Python's print and logging; the report says what matters."""

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hwnas.runtimes.base import FLOAT32, FileRuntime, native_output_silenced
+from hwnas.runtimes.base import FLOAT32, FileRuntime, native_output_silenced, pt2e_quantized
 from profilers import executorch_runner
 
 
@@ -40,23 +40,12 @@ class ExecuTorchRuntime(FileRuntime):
         self.version()
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                              get_symmetric_quantization_config)
-        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        generator = torch.Generator().manual_seed(0)
-        example = (torch.randn(*input_shape, generator=generator),)
         quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
         with warnings.catch_warnings(), torch.no_grad(), native_output_silenced():
             warnings.simplefilter("ignore")
-            prepared = prepare_pt2e(torch.export.export(module.eval(), example).module(), quantizer)
-            if calibration is None:
-                batches = [torch.randn(*input_shape, generator=generator) for _ in range(16)]
-            else:
-                step = input_shape[0]
-                batches = [torch.from_numpy(calibration[i:i + step])
-                           for i in range(0, len(calibration) - len(calibration) % step, step)]
-            for batch in batches:
-                prepared(batch)
-            program = torch.export.export(convert_pt2e(prepared), example)
+            quantized, example = pt2e_quantized(module, input_shape, quantizer, calibration)
+            program = torch.export.export(quantized, example)
         _write_lowered(program, path)
 
 

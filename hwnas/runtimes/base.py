@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
+import torch
 from torch import nn
 
 from hwnas.errors import HwnasError
@@ -156,7 +157,6 @@ def pt2e_quantized(module: nn.Module, input_shape: tuple[int, ...], quantizer, c
     inserted, calibrated on the `calibration` images (or 16 random batches: a kit's micro-models, whose
     kernels' speed does not depend on the ranges), then converted. Returns the quantized module and an
     example input."""
-    import torch
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     generator = torch.Generator().manual_seed(0)

@@ -160,7 +160,6 @@ def test_an_int8_run_needs_a_runtime_that_quantizes_and_a_drop_needs_int8(monkey
     with pytest.raises(ConfigError, match="the litert runtime has no int8 files; deploy int8 with a runtime that "
                                           r"quantizes \(ort, executorch\)"):
         load_run_config(None, ["runtime=litert", "export.quantize=int8"])
-    monkeypatch.undo()
     with pytest.raises(ConfigError, match="max_accuracy_drop applies to an int8 export"):
         load_run_config(None, ["export.max_accuracy_drop=2"])
     assert load_run_config(None, ["export.quantize=int8"]).export.qat_epochs == 2

@@ -10,7 +10,7 @@ At three budgets inside the latency range that all three families reach (the han
 k3 t6 everywhere, tops out below the space's largest latency), by the latency table of this machine:
 
 - searched: DenseNAS under the budget (configs/search/densenas_fmnist_more_images.yaml: the supernet
-  trained on 18000 images), one search per seed;
+  trained on 18000 images, no weight decay on the architecture weights), one search per seed;
 - random: architectures drawn uniformly among those the table predicts within [0.95 B, B], where the
   search derives its network (its `budget_slack`);
 - hand-designed: the MobileNetV2-like member of the space nearest the budget (hwnas/baselines.py).
@@ -283,7 +283,7 @@ def plot(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="benchmarks/results/search_vs_baselines.json")
-    parser.add_argument("--runs", default="benchmarks/runs/svb-more-images",
+    parser.add_argument("--runs", default="benchmarks/runs/svb-arch-wd0",
                         help="the units' folders; their small files (reports, configs, metrics) are committed so the "
                              "benchmark continues in a fresh checkout, checkpoints and weights are not")
     parser.add_argument("--table", default="latency_tables/amd-epyc-2core-ort-1thread/densenas_32_small.csv",

@@ -11,7 +11,8 @@ the float network's (each remedy tried is recorded); accuracy of the fp32 and th
 images (up to 2000) with ONNX Runtime; the speed-up from both files timed in the same interleaved rounds.
 With --formats, each of those runtimes' own int8 file (`runtimes.<format>.int8` of the export report) is
 measured the same way, on the same calibration and test images. Run it on a quiet machine: the load
-average before each network is recorded.
+average before each network is recorded. Each finished network is written to --out at once and reused
+when the script runs again with the same settings, so a long list can be measured over several sittings.
 """
 
 from __future__ import annotations
@@ -62,17 +63,33 @@ def main() -> None:
     parser.add_argument("--formats", nargs="*", default=[], help="other runtimes' files whose int8 is measured too "
                         "(pte, tflite: in the environment with that runtime's extra)")
     args = parser.parse_args()
+    settings = {"runtime": "onnxruntime, 1 thread, batch 1", "other_runtimes": args.formats,
+                "host": {k: v for k, v in host_identity().items() if k in ("cpu_model", "cpu_flags")},
+                "max_accuracy_drop_points": args.max_accuracy_drop, "runs": args.runs}
+    out = Path(args.out)
+    done = finished_rows(out, settings)
     rows = []
     for weights in args.weights:
+        if weights in done:
+            rows.append(done[weights])
+            print(f"{weights}: measured before, kept", flush=True)
+            continue
         rows.append(one(weights, args.runs, args.max_accuracy_drop, args.formats))
         print(json.dumps({k: v for k, v in rows[-1].items() if k not in ("arch_text", "tried", "runtimes")}), flush=True)
         for fmt, figures in rows[-1].get("runtimes", {}).items():
             print(fmt, json.dumps({k: v for k, v in figures.items() if k != "tried"}), flush=True)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M"), "runtime": "onnxruntime, 1 thread, batch 1",
-              "other_runtimes": args.formats, "host": {k: v for k, v in host_identity().items() if k in ("cpu_model", "cpu_flags")},
-              "max_accuracy_drop_points": args.max_accuracy_drop, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), **settings, "rows": rows}, indent=2) + "\n")
+
+
+def finished_rows(out: Path, settings: dict) -> dict[str, dict]:
+    """The rows an earlier run of the same settings on this host wrote to `out`, by weights file."""
+    if not out.is_file():
+        return {}
+    earlier = json.loads(out.read_text())
+    if any(earlier.get(key) != value for key, value in settings.items()):
+        raise SystemExit(f"{out} holds results of other settings or another host: name another --out")
+    return {row["weights"]: row for row in earlier["rows"]}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ runtime's file, and timing networks and kits on this machine with the profilers'
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -161,7 +162,7 @@ def pt2e_quantized(module: nn.Module, input_shape: tuple[int, ...], quantizer, c
 
     generator = torch.Generator().manual_seed(0)
     example = (torch.randn(*input_shape, generator=generator),)
-    prepared = prepare_pt2e(torch.export.export(module.eval(), example).module(), quantizer)
+    prepared = prepare_pt2e(torch.export.export(without_dropout(module), example).module(), quantizer)
     if calibration is None:
         batches = [torch.randn(*input_shape, generator=generator) for _ in range(16)]
     else:
@@ -171,6 +172,19 @@ def pt2e_quantized(module: nn.Module, input_shape: tuple[int, ...], quantizer, c
     for batch in batches:
         prepared(batch)
     return convert_pt2e(prepared, fold_quantize=fold_quantize), example
+
+
+def without_dropout(module: nn.Module) -> nn.Module:
+    """An eval-mode copy of `module` with its dropout layers removed. In eval mode they pass their input
+    through, but exported they stay in the graph, and a quantizer may give a dropout output ranges of its
+    own: litert-torch's converter then drops the op and keeps the next layer's ranges, which cost a
+    Fashion-MNIST network 1.7 points of accuracy in LiteRT's int8."""
+    stripped = copy.deepcopy(module).eval()
+    for parent in stripped.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.modules.dropout._DropoutNd):
+                setattr(parent, name, nn.Identity())
+    return stripped
 
 
 @contextlib.contextmanager

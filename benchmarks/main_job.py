@@ -24,6 +24,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from hwnas.cli import main as hwnas
 from hwnas.config import resolve_path
 from hwnas.latency.cost import RoutingCost
@@ -47,7 +49,8 @@ def summarize(run_dir: Path, load_before: float | None) -> dict:
         "budget_ms": report["budget_ms"], "predicted_ms": report["predicted_ms"], "measured_ms": report["measured_ms"],
         "measured_vs_budget_pct": report["measured_vs_budget_pct"], "budget": report["budget"],
         "table": report["table"], "test_acc": report["test_acc"], "params": report["params"], "macs": report["macs"],
-        "search_end_val_acc": search["final"]["val_acc"], "seconds": report["seconds"],
+        "search_end_val_acc": search["final"]["val_acc"], "op_choice_probability": op_choice_probability(run_dir),
+        "seconds": report["seconds"],
         "budget_fit": [{k: r[k] for k in ("predicted_ms", "measured_ms", "table_scale", "budget")}
                        for r in report.get("budget_fit", [])],
         "arch_text": report["arch_text"], "parity": report["parity"], "load_average_1min_before": load_before, "run_dir": str(run_dir),
@@ -55,6 +58,14 @@ def summarize(run_dir: Path, load_before: float | None) -> dict:
                     for k in ("epoch", "train_acc", "val_acc", "arch_ce", "arch_latency_term", "expected_latency_ms",
                               "mu") if k in row} for row in epochs],
     }
+
+
+def op_choice_probability(run_dir: Path) -> float:
+    """How far the search decided the ops: the most probable op's softmax(alpha), averaged over the mixed
+    ops of the search's last checkpoint (1 / 6 when undecided among the six MBConvs)."""
+    state = torch.load(run_dir / "search" / "checkpoints" / "search.pt", map_location="cpu", weights_only=False)
+    alphas = [value for name, value in state["model"].items() if name.startswith("alphas.")]
+    return round(float(torch.stack([value.softmax(-1).max() for value in alphas]).mean()), 4)
 
 
 def main() -> None:
